@@ -1,0 +1,9 @@
+"""Models this project adds to RecBole. ``MODELS`` maps a model name to its class; the runner
+resolves these before RecBole's built-ins."""
+import recbole.model.sequential_recommender  # noqa: F401  (its import turns anomaly detection on)
+
+from recbole_psrq.compat import disable_recbole_anomaly_detection
+
+disable_recbole_anomaly_detection()
+
+MODELS = {}

@@ -1,0 +1,323 @@
+"""Run any model (ours first, then every RecBole built-in) on a dataset with the project's protocol.
+
+Used by ``run_recbole_psrq.py``, the benchmark runner and the tests. Config layering, lowest priority
+first (RecBole's own internal defaults sit below all of them):
+
+    properties/overall.yaml
+    properties/protocol/<protocol>.yaml      ctr (AUC/LogLoss, labeled) or topk (full-sort ranking)
+    properties/dataset/<dataset>.yaml        when it exists
+    properties/model/<Model>.yaml            when it exists (our models' hyper-parameters)
+    --config_files a.yaml b.yaml             the user's files
+    --key=value                              overrides
+"""
+import contextlib
+import difflib
+import importlib
+import json
+import logging
+import os
+import sys
+from logging import getLogger
+
+import yaml
+
+from recbole_psrq.errors import ConfigError, DataFormatError
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROPERTIES_DIR = os.path.join(PROJECT_ROOT, "properties")
+DEFAULT_DATASET = "synthetic_music"
+DEFAULT_DATA_PATH = os.path.join(PROJECT_ROOT, "dataset")
+PROTOCOLS = ("ctr", "topk")
+# RecBole's DIN/DIEN are SEQUENTIAL by type but CTR models by task (BCE on labels, AUC/LogLoss).
+_CTR_SEQUENTIAL_MODELS = {"DIN", "DIEN"}
+_RECBOLE_MODEL_PACKAGES = (
+    "general_recommender",
+    "context_aware_recommender",
+    "sequential_recommender",
+    "knowledge_aware_recommender",
+)
+
+
+def our_models():
+    """Models this project registers: name -> class."""
+    from recbole_psrq.model import MODELS
+
+    return dict(MODELS)
+
+
+def recbole_models():
+    """Every RecBole built-in model class: name -> class."""
+    from recbole.model.abstract_recommender import AbstractRecommender
+
+    import recbole_psrq.model  # noqa: F401  (imports recbole.model and resets anomaly detection)
+
+    found = {}
+    for package in _RECBOLE_MODEL_PACKAGES:
+        module = importlib.import_module(f"recbole.model.{package}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, type) and issubclass(obj, AbstractRecommender) and \
+                    obj.__module__.startswith(f"recbole.model.{package}."):
+                found[name] = obj
+    return found
+
+
+def available_models():
+    return sorted(set(our_models()) | set(recbole_models()))
+
+
+def resolve_model(name):
+    """Return the model class for ``name``: ours first, then RecBole's built-ins."""
+    ours = our_models()
+    if name in ours:
+        return ours[name]
+    builtins = recbole_models()
+    if name in builtins:
+        return builtins[name]
+    names = sorted(set(ours) | set(builtins))
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    lowered = [n for n in names if n.lower() == str(name).lower()]
+    hint = f" Did you mean {', '.join(lowered or close)}?" if (lowered or close) else ""
+    raise ConfigError(
+        f"Unknown model '{name}'.{hint} Model names are case-sensitive. Available models: "
+        f"ours: {', '.join(sorted(ours))}; RecBole built-ins: {', '.join(sorted(builtins))}."
+    )
+
+
+def default_protocol(model_class):
+    """ctr for click-through-rate models (context-aware, DIN/DIEN, ours), topk for the rest."""
+    from recbole.utils import ModelType
+
+    explicit = getattr(model_class, "protocol", None)
+    if explicit:
+        return explicit
+    if model_class.__name__ in _CTR_SEQUENTIAL_MODELS or model_class.type == ModelType.CONTEXT:
+        return "ctr"
+    return "topk"
+
+
+def config_file_list(model_name, dataset, protocol, extra_files=()):
+    files = [os.path.join(PROPERTIES_DIR, "overall.yaml"),
+             os.path.join(PROPERTIES_DIR, "protocol", f"{protocol}.yaml")]
+    for optional in (os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
+                     os.path.join(PROPERTIES_DIR, "model", f"{model_name}.yaml")):
+        if os.path.isfile(optional):
+            files.append(optional)
+    for path in extra_files:
+        if not os.path.isfile(path):
+            raise ConfigError(f"Config file not found: {path}. Pass existing yaml files to "
+                              "--config_files, separated by spaces.")
+        files.append(path)
+    return files
+
+
+def _merged_yaml(files):
+    merged = {}
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            merged.update(yaml.safe_load(f) or {})
+    return merged
+
+
+def _resolve_data_path(files, overrides):
+    """The folder that holds ``<dataset>/``: overrides, then the yaml files, then ``dataset/``.
+    A relative path is taken from the current directory if it exists there, else from the project."""
+    data_path = overrides.get("data_path") or _merged_yaml(files).get("data_path") or DEFAULT_DATA_PATH
+    if not os.path.isabs(data_path) and not os.path.isdir(data_path):
+        data_path = os.path.join(PROJECT_ROOT, data_path)
+    return os.path.abspath(data_path)
+
+
+def _loss_type(model_class, files, overrides):
+    import recbole
+
+    builtin_yaml = os.path.join(os.path.dirname(recbole.__file__), "properties", "model",
+                                f"{model_class.__name__}.yaml")
+    layered = [builtin_yaml] if os.path.isfile(builtin_yaml) else []
+    return {**_merged_yaml(layered + files), **overrides}.get("loss_type")
+
+
+def check_dataset_exists(dataset, data_path):
+    folder = os.path.join(data_path, dataset)
+    inter = os.path.join(folder, f"{dataset}.inter")
+    if os.path.isfile(inter):
+        return folder
+    raise ConfigError(
+        f"Dataset '{dataset}' not found: looked for {inter}. Create it first: the embedded default "
+        f"is regenerated with `python -m recbole_psrq.data.synthetic --out {DEFAULT_DATA_PATH}`; "
+        "real music data is converted with a converter, e.g. `python -m recbole_psrq.data.mpd "
+        "--input <your MPD slices> --out converted/<name>` then `--dataset=<name> "
+        "--data_path=converted`. Or point --data_path at the folder that contains "
+        f"'{dataset}/{dataset}.inter'."
+    )
+
+
+@contextlib.contextmanager
+def _isolated_argv():
+    # RecBole's Config parses --key=value from sys.argv by itself; overrides are passed explicitly,
+    # so hide the caller's argv (pytest's, the benchmark's) from it.
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def build_config(model, dataset=None, config_files=(), overrides=None):
+    """Resolve the model and dataset, layer the yaml files, and return a RecBole ``Config``."""
+    from recbole.config import Config
+
+    overrides = dict(overrides or {})
+    dataset = dataset or DEFAULT_DATASET
+    model_class = resolve_model(model)
+    protocol = overrides.pop("protocol", None) or default_protocol(model_class)
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"Unknown protocol '{protocol}'; use one of {', '.join(PROTOCOLS)}.")
+    files = config_file_list(model, dataset, protocol, config_files)
+    overrides["data_path"] = _resolve_data_path(files, overrides)
+    check_dataset_exists(dataset, overrides["data_path"])
+    if _loss_type(model_class, files, overrides) == "CE":
+        # a CE model needs train_neg_sample_args None (RecBole refuses sampled negatives for it)
+        overrides.setdefault("train_neg_sample_args", None)
+    with _isolated_argv():
+        config = Config(model=model_class, dataset=dataset, config_file_list=files,
+                        config_dict=overrides)
+    config["protocol"] = protocol
+    return config
+
+
+def validate_inputs(config):
+    """Fail early, with file/line/fix, on malformed atomic files (see recbole_psrq.data.atomic)."""
+    from recbole_psrq.data.atomic import validate_dataset_folder
+
+    labeled = "labeled" in config["eval_args"]["mode"].values()
+    return validate_dataset_folder(
+        config["data_path"], config["dataset"], config["field_separator"],
+        config["seq_separator"], config["encoding"],
+        label_field=config["LABEL_FIELD"] if labeled else None,
+    )
+
+
+def create_dataset(config):
+    """RecBole's ``create_dataset``, after validating the input files."""
+    from recbole.data import create_dataset as recbole_create_dataset
+
+    validate_inputs(config)
+    return recbole_create_dataset(config)
+
+
+def _init_logger(config):
+    from recbole.utils import init_logger
+
+    # RecBole's init_logger uses logging.basicConfig, which is a no-op once the root logger has
+    # handlers: drop ours from a previous run so each run logs to its own file.
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    init_logger(config)
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
+    return None
+
+
+def run(model, dataset=None, config_files=(), overrides=None, saved=True):
+    """Train ``model`` on ``dataset``, select on validation, evaluate on test.
+
+    Returns a dict with ``test_result``, ``best_valid_result``, ``best_valid_score``, ``checkpoint``,
+    ``log_file`` and ``result_file`` (the JSON written next to the log).
+    """
+    from recbole.data import data_preparation
+    from recbole.utils import get_trainer, init_seed
+
+    config = build_config(model, dataset, config_files, overrides)
+    init_seed(config["seed"], config["reproducibility"])
+    log_file = _init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_obj = resolve_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model_obj)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved,
+                                   show_progress=config["show_progress"])
+    result = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "protocol": config["protocol"],
+        "seed": config["seed"],
+        "best_valid_score": _plain(best_valid_score),
+        "best_valid_result": _plain(best_valid_result),
+        "test_result": _plain(test_result),
+        "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,
+        "log_file": log_file,
+    }
+    result["result_file"] = _write_result(result, log_file)
+    logger.info(f"test result: {result['test_result']}")
+    return result
+
+
+def evaluate_checkpoint(checkpoint_path, overrides=None):
+    """Rebuild data and model from a checkpoint written by :func:`run` and evaluate it on test."""
+    import torch
+    from recbole.data import data_preparation
+    from recbole.utils import get_trainer, init_seed
+
+    if not os.path.isfile(checkpoint_path):
+        raise ConfigError(f"Checkpoint not found: {checkpoint_path}. Checkpoints are written to "
+                          "the checkpoint_dir of the run (default saved/).")
+    import recbole_psrq.model  # noqa: F401  (NumPy aliases, anomaly detection off, our models)
+
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    config = checkpoint["config"]
+    for key, value in (overrides or {}).items():
+        config[key] = value
+    init_seed(config["seed"], config["reproducibility"])
+    _init_logger(config)
+    data = create_dataset(config)
+    _, _, test_data = data_preparation(config, data)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_obj = resolve_model(config["model"])(config, test_data._dataset).to(config["device"])
+    model_obj.load_state_dict(checkpoint["state_dict"])
+    model_obj.load_other_parameter(checkpoint.get("other_parameter"))
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    return _plain(trainer.evaluate(test_data, load_best_model=False, show_progress=False))
+
+
+def _plain(value):
+    """OrderedDicts of numpy floats -> JSON-able plain dicts of floats."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _write_result(result, log_file):
+    if not log_file:
+        return None
+    path = os.path.splitext(log_file)[0] + ".json"
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def format_metrics(metrics):
+    return "  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+                     for k, v in metrics.items())
+
+
+__all__ = ["run", "evaluate_checkpoint", "build_config", "resolve_model", "available_models",
+           "create_dataset", "ConfigError", "DataFormatError"]

@@ -1,0 +1,31 @@
+import os
+
+import pytest
+
+from recbole_psrq.data.synthetic import SyntheticMusicConfig, write_dataset
+
+SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+# small enough for one-epoch RecBole runs in seconds, same generative model as the default dataset
+TINY = SyntheticMusicConfig(n_users=80, n_items=150, n_rows=3000, n_genres=3, subgenres_per_genre=2,
+                            artists_per_subgenre=3, seed=7)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run in a temp dir: RecBole writes log/, log_tensorboard/ and saved/ relative to the CWD."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_data_path(tmp_path):
+    """A folder holding a tiny synthetic_music dataset; pass it as data_path."""
+    data_path = tmp_path / "data"
+    write_dataset(str(data_path), TINY)
+    return str(data_path)
+
+
+def one_epoch(data_path, **extra):
+    return {"data_path": data_path, "epochs": 1, "train_batch_size": 256, "eval_batch_size": 1024,
+            **extra}
