@@ -1,0 +1,44 @@
+"""Seeded k-means training and nearest-centroid assignment on top of faiss.
+
+The caller decides which points to train on (see ``Quantizer._training_sample``); faiss is told not
+to subsample again, so the training set is exactly what the caller passed and identical settings
+give identical centroids. faiss k-means is deterministic for a fixed seed under OpenMP threading
+(points are assigned independently, centroids are accumulated per centroid range), which the test
+suite checks.
+"""
+import faiss
+import numpy as np
+
+
+def train_kmeans(points, k, niter, seed, nredo=1):
+    """float32 (k, dim) centroids of ``points`` (n, dim) after ``niter`` Lloyd iterations, best of
+    ``nredo`` seeded restarts."""
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    n, dim = points.shape
+    kmeans = faiss.Kmeans(
+        dim,
+        int(k),
+        niter=int(niter),
+        nredo=int(nredo),
+        seed=int(seed),
+        max_points_per_centroid=-(-n // int(k)),  # = ceil(n / k): never subsample inside faiss
+        min_points_per_centroid=1,  # the caller already enforces n >= k; skip faiss's warning
+        verbose=False,
+    )
+    kmeans.train(points)
+    return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+
+
+def nearest_centroid(points, centroids):
+    """int64 index of the L2-nearest centroid for every row of ``points``."""
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    _, nearest = index.search(np.ascontiguousarray(points, dtype=np.float32), 1)
+    return nearest[:, 0].astype(np.int64)
+
+
+def squared_distances(points, centroids):
+    """float32 (n, k) matrix of squared L2 distances, computed with faiss's BLAS (so the thread
+    limit set through faiss applies)."""
+    return faiss.pairwise_distances(np.ascontiguousarray(points, dtype=np.float32),
+                                    np.ascontiguousarray(centroids, dtype=np.float32))

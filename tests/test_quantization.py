@@ -1,0 +1,294 @@
+"""Quantizers and the SID quality report (small synthetic data; the whole file runs in seconds)."""
+import math
+
+import numpy as np
+import pytest
+
+from recbole_psrq.errors import ConfigError, DataFormatError
+from recbole_psrq.quantization import (QUANTIZERS, build_quantizer, load_quantizer,
+                                       sid_quality_report)
+from recbole_psrq.quantization.report import knn_recall, normalized_mutual_info, purity
+
+K = 8
+# Small networks so RQ-VAE trains in about a second; everything else uses the defaults.
+FAST_OPTIONS = {"rq_vae": {"epochs": 3, "batch_size": 128, "hidden_dims": [32, 16], "latent_dim": 8}}
+
+
+def make(name, **kwargs):
+    return build_quantizer(name, **{"codebook_size": K, "seed": 0, **FAST_OPTIONS.get(name, {}),
+                                    **kwargs})
+
+
+@pytest.fixture(scope="module")
+def data():
+    """500 items in 16-d from 5 Gaussian clusters; the cluster is the item's label."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(5, 16))
+    labels = rng.integers(0, 5, 500)
+    X = (centers[labels] + 0.4 * rng.normal(size=(500, 16))).astype(np.float32)
+    return X, labels
+
+
+def partition(column):
+    """Items grouped by code, independent of how k-means numbered its centroids."""
+    return sorted(sorted(np.flatnonzero(column == c).tolist()) for c in np.unique(column))
+
+
+# ---------------------------------------------------------------- PSRQ vs RQ-KMeans (reading A)
+
+def test_psrq_level1_is_rq_level1(data):
+    X, _ = data
+    rq = make("rq_kmeans").fit(X)
+    psrq = make("psrq").fit(X)
+    np.testing.assert_array_equal(psrq.centroids[0], rq.centroids[0])
+    np.testing.assert_array_equal(psrq.encode(X)[:, 0], rq.encode(X)[:, 0])
+    assert psrq.centroids[1].shape == (K, 32) and rq.centroids[1].shape == (K, 16)
+
+
+def test_hand_computed_two_level_example():
+    # 1-D points 0, 1, 10, 11 with k=2, no normalisation. Level 1 (both): {0,1} -> 0.5 and
+    # {10,11} -> 10.5, residuals -0.5, 0.5, -0.5, 0.5.
+    # RQ level 2 clusters the residuals: {0,10} -> -0.5, {1,11} -> +0.5 (exact reconstruction).
+    # PSRQ level 2 clusters z = [r ; x - r] = (-.5,.5) (.5,.5) (-.5,10.5) (.5,10.5): the best 2-means
+    # split is by prefix, centroids (0, .5) and (0, 10.5); next residual r - 0 = r, so the
+    # reconstruction stays at the level-1 centroids.
+    X = np.array([[0.0], [1.0], [10.0], [11.0]], dtype=np.float32)
+    options = dict(n_levels=2, codebook_size=2, normalize=False, nredo=10)
+    rq = build_quantizer("rq_kmeans", **options).fit(X)
+    psrq = build_quantizer("psrq", **options).fit(X)
+    rq_codes, psrq_codes = rq.encode(X), psrq.encode(X)
+
+    assert partition(rq_codes[:, 0]) == partition(psrq_codes[:, 0]) == [[0, 1], [2, 3]]
+    assert partition(rq_codes[:, 1]) == [[0, 2], [1, 3]]
+    assert partition(psrq_codes[:, 1]) == [[0, 1], [2, 3]]
+    np.testing.assert_allclose(sorted(psrq.centroids[1].tolist()), [[0, 0.5], [0, 10.5]], atol=1e-6)
+    np.testing.assert_allclose(rq.decode(rq_codes), X, atol=1e-6)
+    np.testing.assert_allclose(psrq.decode(psrq_codes)[:, 0], [0.5, 0.5, 10.5, 10.5], atol=1e-6)
+
+
+@pytest.mark.parametrize("weight", [1.0, 2.5])
+def test_psrq_encode_is_reading_a(data, weight):
+    """encode == a plain numpy transcription of reading A on the fitted centroids."""
+    X, _ = data
+    psrq = make("psrq", prefix_weight=weight).fit(X)
+    x = X / np.linalg.norm(X, axis=1, keepdims=True)
+    x = x.astype(np.float64)
+    residual = x.copy()
+    expected = []
+    for level, centroids in enumerate(psrq.centroids):
+        z = residual if level == 0 else np.hstack([residual, weight * (x - residual)])
+        codes = ((z[:, None, :] - centroids[None].astype(np.float64)) ** 2).sum(-1).argmin(1)
+        residual = residual - centroids[codes, :16]
+        expected.append(codes)
+    np.testing.assert_array_equal(psrq.encode(X), np.stack(expected, 1))
+    np.testing.assert_allclose(psrq.decode(psrq.encode(X)), x - residual, atol=1e-5)
+
+
+def test_psrq_with_zero_prefix_weight_is_rq(data):
+    X, _ = data
+    np.testing.assert_array_equal(make("psrq", prefix_weight=0.0).fit(X).encode(X),
+                                  make("rq_kmeans").fit(X).encode(X))
+
+
+@pytest.mark.parametrize("name", ["rq_kmeans", "psrq"])
+def test_reconstruction_error_falls_with_each_level(data, name):
+    X, _ = data
+    quantizer = make(name, n_levels=4).fit(X)
+    codes = quantizer.encode(X)
+    x = quantizer.preprocess(X)
+    errors = [((x - quantizer.decode(codes, n_levels=l)) ** 2).sum(1).mean() for l in range(1, 5)]
+    assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
+
+
+def test_training_sample_policy_is_shared(data):
+    """With max_train_points < N both train on the same seeded sample: level 1 still matches."""
+    X, _ = data
+    rq = make("rq_kmeans", max_train_points=100).fit(X)
+    psrq = make("psrq", max_train_points=100).fit(X)
+    np.testing.assert_array_equal(rq.centroids[0], psrq.centroids[0])
+    assert not np.array_equal(rq.centroids[0], make("rq_kmeans").fit(X).centroids[0])
+
+
+# ---------------------------------------------------------------- every quantizer
+
+@pytest.mark.parametrize("name", sorted(QUANTIZERS))
+def test_codes_shape_dtype_range_and_determinism(data, name):
+    X, _ = data
+    codes = make(name).fit(X).encode(X)
+    levels = {"vq": 1, "pq": 4, "opq": 4}.get(name, 3)
+    assert codes.shape == (500, levels) and codes.dtype == np.int64
+    assert codes.min() >= 0 and codes.max() < K
+    np.testing.assert_array_equal(make(name).fit(X).encode(X), codes)
+    assert not np.array_equal(make(name, seed=1).fit(X).encode(X), codes)
+
+
+@pytest.mark.parametrize("name", sorted(QUANTIZERS))
+def test_save_load_round_trip(data, name, tmp_path):
+    X, _ = data
+    quantizer = make(name).fit(X)
+    codes = quantizer.encode(X)
+    quantizer.save(tmp_path / f"{name}.npz")
+    loaded = load_quantizer(tmp_path / f"{name}.npz")
+    assert type(loaded) is type(quantizer) and loaded.config == quantizer.config
+    np.testing.assert_array_equal(loaded.encode(X), codes)
+    np.testing.assert_array_equal(loaded.decode(codes), quantizer.decode(codes))
+    assert [p.name for p in tmp_path.iterdir()] == [f"{name}.npz"]  # no temp file left behind
+    assert quantizer.decode(codes).shape == (500, 16)
+
+
+def test_chunked_encoding_matches_one_chunk(data):
+    X, _ = data
+    whole = make("psrq").fit(X)
+    chunked = make("psrq", chunk_size=7).fit(X)
+    np.testing.assert_array_equal(chunked.encode(X), whole.encode(X))
+
+
+def test_default_faiss_threading_is_deterministic(data):
+    X, _ = data
+    first = make("psrq", threads=None).fit(X).encode(X)
+    np.testing.assert_array_equal(make("psrq", threads=None).fit(X).encode(X), first)
+
+
+def test_pq_splits_uneven_dimensions(data):
+    X, _ = data
+    pq = make("pq").fit(X[:, :10])
+    assert [stop - start for start, stop in pq._subspaces()] == [3, 3, 2, 2]
+    assert pq.decode(pq.encode(X[:, :10])).shape == (500, 10)
+
+
+def test_pq_decode_fills_subspaces_level_by_level(data):
+    X, _ = data
+    pq = make("pq").fit(X)
+    partial = pq.decode(pq.encode(X), n_levels=2)
+    assert np.abs(partial[:, 8:]).max() == 0 and np.abs(partial[:, :8]).max() > 0
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_nonfinite_rows_are_named(data):
+    X = data[0].copy()
+    X[3, 0], X[7, 5] = np.nan, np.inf
+    with pytest.raises(DataFormatError, match=r"2 embedding row\(s\).*\[3, 7\].*impute"):
+        make("psrq").fit(X)
+
+
+def test_too_few_items_for_codebook():
+    X = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    with pytest.raises(DataFormatError, match=r"N=5 .*k=8.*smaller codebook_size"):
+        make("rq_kmeans").fit(X)
+
+
+def test_encode_dimension_mismatch(data):
+    quantizer = make("psrq").fit(data[0])
+    with pytest.raises(DataFormatError, match=r"dimension 12.*fitted on dimension 16"):
+        quantizer.encode(data[0][:, :12])
+
+
+def test_non_2d_input():
+    with pytest.raises(DataFormatError, match=r"2-D matrix.*\(10,\)"):
+        make("psrq").fit(np.zeros(10, dtype=np.float32))
+
+
+def test_unknown_quantizer_lists_names():
+    names = r"\['opq', 'pq', 'psrq', 'rq_kmeans', 'rq_vae', 'vq'\]"
+    with pytest.raises(ConfigError, match=r"'kmeans'.*" + names):
+        build_quantizer("kmeans")
+
+
+def test_unknown_option_lists_allowed():
+    with pytest.raises(ConfigError, match=r"\['prefix_weigth'\].*prefix_weight"):
+        build_quantizer("psrq", prefix_weigth=0.5)
+
+
+def test_vq_has_one_level():
+    assert build_quantizer("vq").n_levels == 1
+    with pytest.raises(ConfigError, match="exactly one level"):
+        build_quantizer("vq", n_levels=3)
+
+
+def test_opq_needs_divisible_dimension(data):
+    with pytest.raises(ConfigError, match=r"\(10\).*n_levels \(4\)"):
+        make("opq").fit(data[0][:, :10])
+
+
+def test_encode_before_fit():
+    with pytest.raises(ConfigError, match="not fitted"):
+        make("psrq").encode(np.zeros((10, 4), dtype=np.float32))
+
+
+# ---------------------------------------------------------------- report
+
+def test_nmi_matches_hand_computation():
+    # a = 000111, b = 001122: H(a) = ln 2, H(b) = ln 3, MI = 2/3 ln 2 (cells (0,0) and (1,2) hold
+    # 2 items each with p = 1/3 vs 1/6 expected; the single-item cells carry no information).
+    expected = (2 / 3 * math.log(2)) / ((math.log(2) + math.log(3)) / 2)
+    assert normalized_mutual_info([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]) == pytest.approx(expected)
+    assert normalized_mutual_info([0, 0, 1, 1], ["x", "x", "y", "y"]) == pytest.approx(1.0)
+    assert normalized_mutual_info([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.0)
+    assert normalized_mutual_info([3, 3, 3], [1, 1, 1]) == 1.0
+    assert normalized_mutual_info([0, 0, 1, 1], [5, 5, 5, 5]) == 0.0
+
+
+def test_purity_matches_hand_computation():
+    assert purity([0, 0, 0, 1, 1, 1], ["a", "a", "b", "b", "b", "b"]) == pytest.approx(5 / 6)
+
+
+def test_report_counts_on_known_codes():
+    codes = np.array([[0, 0], [0, 0], [1, 2], [1, 3]])
+    report = sid_quality_report(None, codes, codebook_size=4)
+    assert report["utilization"] == [0.5, 0.75]
+    assert report["perplexity"][0] == pytest.approx(2.0)
+    assert report["perplexity"][1] == pytest.approx(math.exp(1.5 * math.log(2)))
+    assert report["collision_rate"] == 0.25 and report["max_items_per_sid"] == 2
+    assert report["recon_mse"] is None and report["knn_recall@10"] is None
+
+
+def test_report_keys_and_semantic_drift(data):
+    X, labels = data
+    quantizer = make("psrq").fit(X)
+    labels = labels.astype(object)
+    labels[:10] = None  # unknown labels are left out
+    report = sid_quality_report(X, quantizer.encode(X), labels=labels, quantizer=quantizer,
+                                knn_sample=100)
+    for key in ("utilization", "perplexity", "nmi_labels", "purity_labels", "nmi_level1",
+                "recon_mse_by_levels"):
+        assert len(report[key]) == 3, key
+    assert report["labelled_items"] == 490
+    assert report["nmi_level1"][0] == 1.0
+    assert 0 < report["knn_recall@10"] <= 1 and 0 < report["recon_mse"] < 2
+    assert report["recon_mse"] == report["recon_mse_by_levels"][-1]
+    # 5 well-separated clusters, k=8: level 1 recovers the labels almost perfectly.
+    assert report["nmi_labels"][0] > 0.8 and report["purity_labels"][0] > 0.95
+
+
+class _LookupQuantizer:
+    """Decodes each code to a fixed 1-D point; the input space is used as is."""
+
+    options = {"chunk_size": 100, "threads": None}
+
+    def __init__(self, table):
+        self.table = np.asarray(table, dtype=np.float32)
+
+    def preprocess(self, X):
+        return np.asarray(X, dtype=np.float32)
+
+    def decode(self, codes, n_levels=None):
+        return self.table[codes[:, 0]][:, None]
+
+
+def test_knn_recall_splits_ties_by_expectation():
+    # x = 0, 1, 2.5, 10; true nearest neighbours: 0->1, 1->0, 2.5->1, 10->2.5.
+    # Items 0 and 1 share SID 0 (decoded 0.5), item 2 -> 2.0, item 3 -> 10.0. Queries 0, 1 and 3 get
+    # their neighbour exactly; query 2 sees items 0 and 1 tied for its one slot -> 1/2 credit.
+    X = np.array([[0.0], [1.0], [2.5], [10.0]], dtype=np.float32)
+    codes = np.array([[0], [0], [1], [2]])
+    recall = knn_recall(X, codes, _LookupQuantizer([0.5, 2.0, 10.0]), sample=4, k=1)
+    assert recall == pytest.approx((1 + 1 + 0.5 + 1) / 4)
+
+
+def test_knn_recall_is_one_for_lossless_codes():
+    X = np.random.default_rng(1).normal(size=(40, 4)).astype(np.float32)
+    vq = build_quantizer("vq", codebook_size=40, normalize=False).fit(X)
+    codes = vq.encode(X)
+    assert len(np.unique(codes)) == 40
+    assert knn_recall(X, codes, vq, sample=40, k=10) == pytest.approx(1.0)

@@ -1,0 +1,122 @@
+"""``python -m recbole_psrq.sid``: end to end on tiny files, and its bad-input messages."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from recbole_psrq.data.embeddings import save_item_embeddings
+from recbole_psrq.sid import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N = 300
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Tiny embeddings (4 Gaussian clusters in 12-d), ids, and labels in the three formats."""
+    root = tmp_path_factory.mktemp("sid")
+    rng = np.random.default_rng(0)
+    genre = rng.integers(0, 4, N)
+    X = (rng.normal(size=(4, 12))[genre] + 0.3 * rng.normal(size=(N, 12))).astype(np.float32)
+    ids = [f"song{i}" for i in range(N)]
+    np.save(root / "X.npy", X)
+    (root / "ids.txt").write_text("\n".join(ids) + "\n")
+    # header line + labels for all but the last 5 items, in shuffled order (joined by id)
+    order = rng.permutation(N - 5)
+    (root / "labels.tsv").write_text(
+        "item_id\tgenre\n" + "".join(f"{ids[i]}\tg{genre[i]}\n" for i in order))
+    (root / "music.item").write_text(
+        "item_id:token\ttitle:token_seq\tgenre:token_seq\n"
+        + "".join(f"{ids[i]}\ttitle {i}\tg{genre[i]} extra\n" for i in range(N)))
+    (root / "positional.txt").write_text("".join(f"g{g}\n" for g in genre))
+    save_item_embeddings(root / "X.npz", ids, X, dtype=np.float32)
+    return root
+
+
+def run_cli(*args):
+    env = {**os.environ, "PYTHONPATH": REPO}
+    return subprocess.run([sys.executable, "-m", "recbole_psrq.sid", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+
+
+def test_end_to_end_npy_ids_labels(files):
+    result = run_cli("--embeddings", files / "X.npy", "--ids", files / "ids.txt",
+                     "--labels", files / "labels.tsv", "--quantizer", "psrq", "--levels", 3,
+                     "--codebook-size", 8, "--seed", 0, "--knn-sample", 100,
+                     "--report", files / "report.json", "--plot", files / "fig.png",
+                     "--codes", files / "codes.npz", "--save-quantizer", files / "psrq.npz")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((files / "report.json").read_text())
+    for key in ("utilization", "perplexity", "nmi_labels", "nmi_level1"):
+        assert len(report[key]) == 3, key
+    for key in ("collision_rate", "recon_mse", "knn_recall@10", "fit_seconds"):
+        assert isinstance(report[key], float), key
+    assert report["labelled_items"] == N - 5
+    assert report["config"]["quantizer"] == "psrq" and report["config"]["codebook_size"] == 8
+    assert report["nmi_labels"][0] > 0.8  # 4 separated clusters: level 1 finds the genres
+    # progress per level and the missing-label warning go to stderr; the table to stdout
+    assert "psrq codebook 3/3" in result.stderr
+    assert "5 of 300 items have no label" in result.stderr and "song295" in result.stderr
+    assert "collision_rate" in result.stdout and "nmi_labels" in result.stdout
+    assert (files / "fig.png").read_bytes()[:4] == b"\x89PNG"
+    with np.load(files / "codes.npz") as saved:
+        assert saved["item_id"][0] == "song0" and saved["sid"].shape == (N, 3)
+    assert (files / "psrq.npz").is_file()
+
+
+def test_bad_input_exits_2_with_message(files, tmp_path):
+    X = np.load(files / "X.npy")
+    X[[4, 9]] = np.nan
+    np.save(tmp_path / "bad.npy", X)
+    result = run_cli("--embeddings", tmp_path / "bad.npy", "--ids", files / "ids.txt",
+                     "--codebook-size", 8)
+    assert result.returncode == 2
+    assert "2 embedding row(s) contain NaN or inf" in result.stderr
+    assert "['song4', 'song9']" in result.stderr and "impute" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_item_file_labels_and_npz_embeddings(files, capsys):
+    out = files / "item_report.json"
+    assert main(["--embeddings", str(files / "X.npz"), "--labels", str(files / "music.item"),
+                 "--label-column", "genre", "--quantizer", "rq_kmeans", "--codebook-size", "8",
+                 "--knn-sample", "50", "--report", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["labelled_items"] == N  # first token of the token_seq cell is the label
+    assert report["nmi_labels"][0] > 0.8
+
+
+def test_positional_labels_need_one_line_per_row(files, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["--embeddings", str(files / "X.npy"), "--labels", str(files / "positional.txt"),
+                 "--quantizer", "vq", "--codebook-size", "8", "--knn-sample", "50",
+                 "--report", str(out)]) == 0
+    assert json.loads(out.read_text())["labelled_items"] == N
+    (tmp_path / "short.txt").write_text("g0\ng1\n")
+    assert main(["--embeddings", str(files / "X.npy"), "--labels", str(tmp_path / "short.txt"),
+                 "--codebook-size", "8"]) == 2
+    assert "one column and 2 lines, but there are 300 items" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--quantizer", "kmeans"], "Unknown quantizer 'kmeans'. Available quantizers: ['opq'"),
+    (["--codebook-size", "1000"], "only N=300 items but codebook_size k=1000"),
+    (["--option", "prefix_weigth=0.5"], "Unknown option(s) ['prefix_weigth']"),
+])
+def test_error_messages(files, capsys, extra, message):
+    assert main(["--embeddings", str(files / "X.npy"), "--ids", str(files / "ids.txt"), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_labels_by_id_need_embedding_ids(files, capsys):
+    assert main(["--embeddings", str(files / "X.npy"), "--labels", str(files / "labels.tsv")]) == 2
+    assert "the embeddings have no ids. Pass --ids" in capsys.readouterr().err
+
+
+def test_ids_count_must_match_rows(files, tmp_path, capsys):
+    (tmp_path / "ids.txt").write_text("a\nb\n")
+    assert main(["--embeddings", str(files / "X.npy"), "--ids", str(tmp_path / "ids.txt")]) == 2
+    assert "has 2 ids but" in capsys.readouterr().err
