@@ -199,11 +199,11 @@ def validate_inputs(config):
 
 
 def create_dataset(config):
-    """RecBole's ``create_dataset``, after validating the input files."""
-    from recbole.data import create_dataset as recbole_create_dataset
+    """Validate the input files, then build the dataset (with the SID hook, see data/dataset.py)."""
+    from recbole_psrq.data.dataset import create_dataset as sid_create_dataset
 
     validate_inputs(config)
-    return recbole_create_dataset(config)
+    return sid_create_dataset(config)
 
 
 def _init_logger(config):
@@ -279,6 +279,7 @@ def evaluate_checkpoint(checkpoint_path, overrides=None):
 
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     config = checkpoint["config"]
+    config["sid_fit"] = False  # evaluation reuses the cached SIDs of training, never refits
     for key, value in (overrides or {}).items():
         config[key] = value
     init_seed(config["seed"], config["reproducibility"])

@@ -1,0 +1,256 @@
+"""Item -> semantic-ID tokens for the modal-specific (text, audio) and joint SID fields, with a cache.
+
+This is the data side of stage 1, independent of RecBole: :class:`~recbole_psrq.data.dataset.SIDFieldsMixin`
+calls :func:`compute_sid_tokens` while RecBole loads a dataset.
+
+* **Token format.** An item's SID (a_1..a_L) becomes the level-prefixed tokens ``"l1_a1 l2_a2 ..."`` of
+  a RecBole ``token_seq`` field, so every level keeps its own vocabulary after RecBole's remapping and
+  feature-aware models that pool a token_seq (DIN, DeepFM, SASRecF, FDSA) still see which level a
+  code came from.
+* **Joint SID.** The quantizer runs on ``[l2norm(text) ; l2norm(audio)]`` (SPEC: modal-joint IDs),
+  so both modalities weigh the same whatever their widths.
+* **Missing modality policy.** An item of the dataset absent from a modality's embedding file gets
+  the reserved tokens ``l1_unk .. lL_unk`` for that modality (and for the joint field) and a warning
+  with the count and a few ids. If more than ``max_missing_fraction`` of the items are absent (or none
+  match), the ids almost surely do not correspond and an error names the file and example ids of both
+  sides. Embedding rows for items not in the dataset are ignored (logged).
+* **Cache.** Each fit is stored under ``<cache_dir>/<dataset>/<field>-<quantizer>-<key>/`` with the
+  fitted quantizer, the item -> codes table and the quality report, written to a temporary folder and
+  renamed into place (atomic). ``key`` hashes the exact fit input (item ids + matrix) and the
+  quantizer config, so a second run reuses it and a changed embedding file gets a new entry. With
+  ``allow_fit=False`` (checkpoint evaluation) a missing entry is an error, never a refit.
+"""
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from recbole_psrq.data.embeddings import load_item_embeddings
+from recbole_psrq.errors import ConfigError, DataFormatError
+
+MODALITIES = ("text", "audio")
+SID_FIELDS = {"text": "text_sid", "audio": "audio_sid", "joint": "joint_sid"}
+UNKNOWN = "unk"
+logger = logging.getLogger(__name__)
+
+
+def sid_tokens(codes):
+    """(N, L) int codes -> list of ``"l1_c1 l2_c2 ..."`` strings."""
+    return [" ".join(f"l{j + 1}_{c}" for j, c in enumerate(row)) for row in np.asarray(codes)]
+
+
+def unknown_tokens(n_levels):
+    return " ".join(f"l{j + 1}_{UNKNOWN}" for j in range(n_levels))
+
+
+def compute_sid_tokens(item_ids, embedding_files, modalities, quantizer="psrq", n_levels=3,
+                       codebook_size=64, seed=0, quantizer_options=None, quantizer_files=None,
+                       cache_dir="saved/sid_cache", dataset_name="dataset", labels=None,
+                       allow_fit=True, max_missing_fraction=0.5):
+    """Return ``{field: [token string per item]}`` aligned with ``item_ids`` for each requested modality.
+
+    ``embedding_files``: ``{"text": path, "audio": path}``; ``modalities``: subset of
+    ``text, audio, joint``; ``quantizer_files``: optional ``{modality: path}`` of already fitted
+    quantizers (encode only); ``labels``: optional ``{item_id: label}`` for the quality report.
+    """
+    unknown = [m for m in modalities if m not in SID_FIELDS]
+    if unknown:
+        raise ConfigError(f"sid_modalities: unknown modality {unknown}; use any of "
+                          f"{list(SID_FIELDS)}.")
+    item_ids = np.asarray([str(i) for i in item_ids])
+    needed = sorted({m for m in modalities if m != "joint"} |
+                    (set(MODALITIES) if "joint" in modalities else set()))
+    matrices = {m: _aligned_embeddings(item_ids, _embedding_path(embedding_files, m), m,
+                                       max_missing_fraction) for m in needed}
+    settings = dict(quantizer=quantizer, n_levels=n_levels, codebook_size=codebook_size, seed=seed,
+                    options=dict(quantizer_options or {}))
+    fields = {}
+    for modality in modalities:
+        if modality == "joint":
+            present = matrices["text"][0] & matrices["audio"][0]
+            x = np.concatenate([_l2(matrices["text"][1][present[matrices["text"][0]]]),
+                                _l2(matrices["audio"][1][present[matrices["audio"][0]]])], axis=1)
+            _warn_missing("joint", item_ids, present, "text or audio")
+        else:
+            present, x = matrices[modality]
+        quantizer_file = (quantizer_files or {}).get(modality)
+        codes = _cached_codes(item_ids[present], x, modality, settings, quantizer_file, cache_dir,
+                              dataset_name, labels, allow_fit)
+        tokens = np.full(len(item_ids), unknown_tokens(codes.shape[1]), dtype=object)
+        tokens[present] = sid_tokens(codes)
+        fields[SID_FIELDS[modality]] = tokens.tolist()
+    return fields
+
+
+def _embedding_path(embedding_files, modality):
+    path = (embedding_files or {}).get(modality)
+    if not path:
+        raise ConfigError(
+            f"No {modality} embeddings configured: set sid_embedding_files: {{{modality}: "
+            f"<file>.npz}} in the dataset yaml (the joint SID needs both text and audio), or drop "
+            f"'{modality}' from sid_modalities."
+        )
+    return path
+
+
+def _aligned_embeddings(item_ids, path, modality, max_missing_fraction):
+    """Rows of ``path`` matched to ``item_ids`` by id. Returns (present mask, matrix of present rows)."""
+    file_ids, matrix = load_item_embeddings(path)
+    row_of = {item: row for row, item in enumerate(file_ids)}
+    rows = np.array([row_of.get(item, -1) for item in item_ids])
+    present = rows >= 0
+    missing = int((~present).sum())
+    if present.sum() == 0 or missing > max_missing_fraction * len(item_ids):
+        raise DataFormatError(
+            f"{path}: {missing} of the dataset's {len(item_ids)} items have no {modality} "
+            f"embedding (dataset ids like {item_ids[:3].tolist()}, file ids like "
+            f"{file_ids[:3].tolist()}). The ids probably do not correspond: write the embedding "
+            "file with the dataset's raw item tokens in its 'item_id' array (or raise "
+            "sid_max_missing_fraction if this many items really lack this modality)."
+        )
+    _warn_missing(modality, item_ids, present, path)
+    extra = len(file_ids) - int(present.sum())
+    if extra:
+        logger.info(f"{path}: {extra} embedding rows belong to items not in the dataset; ignored.")
+    x = matrix[rows[present]]
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        names = item_ids[present][bad]
+        raise DataFormatError(
+            f"{path}: {int(bad.sum())} item(s) have NaN/inf values in their {modality} embedding, "
+            f"e.g. {names[:5].tolist()}. Re-encode those items, or remove their rows from the file "
+            "(they then get the reserved unknown SID)."
+        )
+    return present, x
+
+
+def _warn_missing(modality, item_ids, present, source):
+    missing = int((~present).sum())
+    if missing:
+        logger.warning(
+            f"{missing} of {len(item_ids)} items have no {modality} embedding ({source}), e.g. "
+            f"{item_ids[~present][:5].tolist()}; they get the reserved unknown {modality} SID "
+            f"'{UNKNOWN}' at every level."
+        )
+
+
+def _l2(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _cache_key(ids, x, modality, settings, quantizer_file):
+    h = hashlib.sha256()
+    h.update(json.dumps({"modality": modality, **settings}, sort_keys=True).encode())
+    h.update("\n".join(ids).encode())
+    h.update(str(x.shape).encode())
+    h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    if quantizer_file:
+        with open(quantizer_file, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()[:16]
+
+
+def _cached_codes(ids, x, modality, settings, quantizer_file, cache_dir, dataset_name, labels,
+                  allow_fit):
+    from recbole_psrq.quantization import build_quantizer, load_quantizer, sid_quality_report
+
+    field = SID_FIELDS[modality]
+    key = _cache_key(ids, x, modality, settings, quantizer_file)
+    entry = os.path.join(cache_dir, dataset_name, f"{field}-{settings['quantizer']}-{key}")
+    table = os.path.join(entry, "sids.npz")
+    if os.path.isfile(table):
+        with np.load(table, allow_pickle=False) as data:
+            if not np.array_equal(data["item_id"].astype(str), ids):
+                raise DataFormatError(f"{table}: cached item ids differ from the dataset's; delete "
+                                      f"the folder {entry} and rerun.")
+            codes = data["codes"]
+        logger.info(f"{field}: reusing cached SIDs {entry} (no refit)")
+        return codes
+    if not allow_fit:
+        raise ConfigError(
+            f"{field}: no cached SIDs at {entry}, and this run may not fit quantizers (evaluation "
+            "never refits, so that test-time SIDs equal training-time SIDs). Restore that cache "
+            "folder (sid_cache_dir) or retrain."
+        )
+
+    start = time.time()
+    if quantizer_file:
+        quantizer = load_quantizer(quantizer_file)
+        if quantizer.dim != x.shape[1]:
+            raise DataFormatError(
+                f"{quantizer_file}: this quantizer was fitted on {quantizer.dim}-d {modality} "
+                f"embeddings but the current ones are {x.shape[1]}-d. The embedding model changed "
+                "since the quantizer was saved: refit (remove sid_quantizer_files) or restore the "
+                "original embeddings."
+            )
+        action = f"loaded {quantizer_file}"
+    else:
+        quantizer = build_quantizer(settings["quantizer"], n_levels=settings["n_levels"],
+                                    codebook_size=settings["codebook_size"], seed=settings["seed"],
+                                    **settings["options"])
+        logger.info(f"{field}: fitting {settings['quantizer']} (L={settings['n_levels']}, "
+                    f"k={settings['codebook_size']}) on {x.shape[0]} items x {x.shape[1]} dims")
+        quantizer.fit(x)
+        action = "fitted"
+    codes = quantizer.encode(x)
+    fit_seconds = time.time() - start
+    item_labels = None
+    if labels:
+        item_labels = np.array([labels.get(i, "") for i in ids])
+        known = item_labels != ""
+        item_labels = item_labels if known.all() else None
+    report = sid_quality_report(x, codes, labels=item_labels, quantizer=quantizer)
+    report["fit_seconds"] = fit_seconds
+    logger.info(f"{field}: {action} in {fit_seconds:.1f}s; quality report: "
+                f"{json.dumps(_rounded(report))}")
+    _write_entry(entry, quantizer, ids, codes, report, settings, modality)
+    return codes
+
+
+def _write_entry(entry, quantizer, ids, codes, report, settings, modality):
+    parent = os.path.dirname(entry)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
+    try:
+        quantizer.save(os.path.join(tmp, "quantizer.npz"))
+        np.savez(os.path.join(tmp, "sids.npz"), item_id=ids, codes=codes)
+        with open(os.path.join(tmp, "report.json"), "w") as f:
+            json.dump({"modality": modality, "settings": settings, "report": report}, f, indent=2,
+                      default=float)
+        try:
+            os.replace(tmp, entry)
+        except OSError:  # another process wrote the same entry first; both are identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _rounded(value):
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    if isinstance(value, float):
+        return round(value, 4)
+    return value
+
+
+def read_item_labels(item_file, column, id_field="item_id", field_separator="\t"):
+    """``{item_id: label}`` from a RecBole ``.item`` atomic file's column (for the SID report)."""
+    import pandas as pd
+
+    frame = pd.read_csv(item_file, sep=field_separator, dtype=str)
+    names = {c.split(":")[0]: c for c in frame.columns}
+    if column not in names:
+        raise ConfigError(f"sid_report_label_column: '{column}' is not a column of {item_file} "
+                          f"(columns: {sorted(names)}).")
+    if id_field not in names:
+        raise ConfigError(f"{item_file} has no '{id_field}' column to join the labels on.")
+    id_column = names[id_field]
+    return dict(zip(frame[id_column], frame[names[column]]))

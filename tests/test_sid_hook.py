@@ -1,0 +1,142 @@
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from recbole_psrq import quick_start
+from recbole_psrq.data import sid_fields
+from recbole_psrq.data.embeddings import load_item_embeddings, save_item_embeddings
+from recbole_psrq.data.sid_fields import compute_sid_tokens
+from recbole_psrq.errors import ConfigError, DataFormatError
+from tests.conftest import one_epoch
+
+SID = {"sid_codebook_size": 8, "sid_levels": 3}
+
+
+def _emb(folder, name, ids, dim, seed=0):
+    x = np.random.default_rng(seed).normal(size=(len(ids), dim)).astype(np.float32)
+    path = os.path.join(folder, name)
+    save_item_embeddings(path, ids, x)
+    return path
+
+
+@pytest.fixture
+def ids():
+    return [f"i{n}" for n in range(60)]
+
+
+def _tokens(ids, files, modalities, tmp_path, **kw):
+    return compute_sid_tokens(ids, files, modalities, quantizer="rq_kmeans", n_levels=2,
+                              codebook_size=4, cache_dir=str(tmp_path / "cache"), **kw)
+
+
+def test_tokens_are_level_prefixed_and_aligned_by_id(tmp_path, ids):
+    text = _emb(tmp_path, "t.npz", ids, 8)
+    shuffled = list(reversed(ids))
+    file_ids, x = load_item_embeddings(text)
+    save_item_embeddings(str(tmp_path / "rev.npz"), shuffled, x[::-1])  # same rows, other order
+    a = _tokens(ids, {"text": text}, ["text"], tmp_path)["text_sid"]
+    b = _tokens(ids, {"text": str(tmp_path / "rev.npz")}, ["text"], tmp_path / "b")["text_sid"]
+    assert a == b  # row order of the file does not matter, ids do
+    for token in a:
+        first, second = token.split(" ")
+        assert first.startswith("l1_") and second.startswith("l2_")
+
+
+def test_missing_modality_gets_unknown_code_and_a_warning(tmp_path, ids, caplog):
+    text = _emb(tmp_path, "t.npz", ids, 8)
+    audio = _emb(tmp_path, "a.npz", ids[:50], 6)  # 10 items lack audio
+    with caplog.at_level(logging.WARNING):
+        fields = _tokens(ids, {"text": text, "audio": audio}, ["text", "audio", "joint"], tmp_path)
+    assert fields["audio_sid"][55] == "l1_unk l2_unk" and fields["joint_sid"][55] == "l1_unk l2_unk"
+    assert "unk" not in fields["text_sid"][55] and "unk" not in fields["audio_sid"][5]
+    assert "10 of 60 items have no audio embedding" in caplog.text
+    assert "10 of 60 items have no joint embedding" in caplog.text
+
+
+def test_ids_that_do_not_match_are_an_error_naming_the_file(tmp_path, ids):
+    text = _emb(tmp_path, "t.npz", [f"track-{n}" for n in range(60)], 8)
+    with pytest.raises(DataFormatError, match=r"t\.npz: 60 of the dataset's 60 items have no text"):
+        _tokens(ids, {"text": text}, ["text"], tmp_path)
+
+
+def test_nan_embedding_row_names_the_item(tmp_path, ids):
+    _, x = ids, np.random.default_rng(0).normal(size=(60, 8))
+    x[7, 3] = np.nan
+    save_item_embeddings(str(tmp_path / "t.npz"), ids, x)
+    with pytest.raises(DataFormatError, match=r"NaN/inf values in their text embedding, e\.g\. \['i7'\]"):
+        _tokens(ids, {"text": str(tmp_path / "t.npz")}, ["text"], tmp_path)
+
+
+def test_fewer_items_than_codebook_entries(tmp_path, ids):
+    text = _emb(tmp_path, "t.npz", ids, 8)
+    with pytest.raises(DataFormatError, match="only N=60 items but codebook_size k=64"):
+        compute_sid_tokens(ids, {"text": text}, ["text"], codebook_size=64,
+                           cache_dir=str(tmp_path / "c"))
+
+
+def test_dimension_changed_since_the_quantizer_was_saved(tmp_path, ids):
+    from recbole_psrq.quantization import build_quantizer
+
+    old = np.random.default_rng(1).normal(size=(60, 16)).astype(np.float32)
+    build_quantizer("rq_kmeans", n_levels=2, codebook_size=4).fit(old).save(str(tmp_path / "q.npz"))
+    text = _emb(tmp_path, "t.npz", ids, 8)
+    with pytest.raises(DataFormatError, match="fitted on 16-d text embeddings but the current ones are 8-d"):
+        _tokens(ids, {"text": text}, ["text"], tmp_path, quantizer_files={"text": str(tmp_path / "q.npz")})
+
+
+def test_second_call_reuses_the_cache_and_evaluation_never_refits(tmp_path, ids, monkeypatch, caplog):
+    text = _emb(tmp_path, "t.npz", ids, 8)
+    first = _tokens(ids, {"text": text}, ["text"], tmp_path)
+    import recbole_psrq.quantization as q
+
+    monkeypatch.setattr(q, "build_quantizer", lambda *a, **k: pytest.fail("refit on a cache hit"))
+    with caplog.at_level(logging.INFO):
+        assert _tokens(ids, {"text": text}, ["text"], tmp_path, allow_fit=False) == first
+    assert "reusing cached SIDs" in caplog.text
+    with pytest.raises(ConfigError, match="may not fit quantizers"):
+        _tokens(ids, {"text": text}, ["text"], tmp_path / "empty", allow_fit=False)
+
+
+def test_changed_embeddings_get_a_new_cache_entry(tmp_path, ids):
+    text = _emb(tmp_path, "t.npz", ids, 8)
+    _tokens(ids, {"text": text}, ["text"], tmp_path)
+    _emb(tmp_path, "t.npz", ids, 8, seed=5)
+    _tokens(ids, {"text": text}, ["text"], tmp_path)
+    assert len(os.listdir(tmp_path / "cache" / "dataset")) == 2
+
+
+def test_unknown_modality_is_a_config_error(tmp_path, ids):
+    with pytest.raises(ConfigError, match="unknown modality \\['lyrics'\\]"):
+        _tokens(ids, {}, ["lyrics"], tmp_path)
+
+
+@pytest.mark.parametrize("model", ["DIN", "DeepFM", "SASRec"])
+def test_hook_adds_remapped_sid_fields_to_recbole_datasets(model, tiny_data_path, workdir, caplog):
+    config = quick_start.build_config(model, overrides={
+        "data_path": tiny_data_path, "sid_modalities": "['text', 'audio', 'joint']", **SID})
+    with caplog.at_level(logging.INFO):
+        dataset = quick_start.create_dataset(config)
+    assert "SID fields added to the item features: ['audio_sid', 'joint_sid', 'text_sid']" in caplog.text
+    from recbole.data import data_preparation
+
+    train_data, _, _ = data_preparation(config, dataset)
+    item_feat = train_data._dataset.get_item_feature()
+    for field in ("text_sid", "audio_sid", "joint_sid"):
+        codes = item_feat[field]
+        assert codes.shape == (dataset.item_num, 3)
+        assert (codes[1:] > 0).all()  # every real item has a code at every level (0 = padding)
+        tokens = dataset.field2id_token[field]
+        for level in range(3):  # each column only holds tokens of its own level
+            assert all(tokens[t].startswith(f"l{level + 1}_") for t in codes[1:, level].tolist())
+
+
+@pytest.mark.slow
+def test_din_consumes_text_sid_by_config_alone(tiny_data_path, workdir):
+    result = quick_start.run("DIN", config_files=[os.path.join(
+        quick_start.PROPERTIES_DIR, "sid", "din_text_sid.yaml")], overrides=one_epoch(tiny_data_path, **SID))
+    assert 0 <= result["test_result"]["auc"] <= 1
+    assert os.listdir(workdir / "saved" / "sid_cache" / "synthetic_music")[0].startswith("text_sid-psrq-")
+    # the checkpoint re-evaluation reuses that cache (sid_fit is False there)
+    assert quick_start.evaluate_checkpoint(result["checkpoint"]) == result["test_result"]
