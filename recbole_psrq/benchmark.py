@@ -94,13 +94,30 @@ def run_key(experiment):
     return safe[:150]
 
 
-def run_path(out, budget, experiment, seed):
-    return os.path.join(out, "runs", budget, run_key(experiment), f"seed{seed}.json")
+def config_fingerprint(experiment, dataset):
+    """Hash of the yaml files the run is built from: editing the protocol, dataset or model settings
+    gives new runs instead of mixing results made under different settings."""
+    import hashlib
+
+    from recbole_psrq import quick_start
+
+    protocol = experiment.overrides.get("protocol") or quick_start.default_protocol(
+        quick_start.resolve_model(experiment.model))
+    digest = hashlib.sha256()
+    for path in quick_start.config_file_list(experiment.model, dataset, protocol):
+        with open(path, "rb") as f:
+            digest.update(os.path.relpath(path, PROJECT_ROOT).encode() + b"\0" + f.read())
+    return digest.hexdigest()[:10]
+
+
+def run_path(out, budget, experiment, seed, dataset):
+    return os.path.join(out, "runs", budget, config_fingerprint(experiment, dataset),
+                        run_key(experiment), f"seed{seed}.json")
 
 
 def run_one(experiment, budget, seed, dataset, out, extra_overrides, log):
     """Run (or reuse) one training run. Returns its record dict."""
-    path = run_path(out, budget, experiment, seed)
+    path = run_path(out, budget, experiment, seed, dataset)
     if os.path.isfile(path):
         log(f"skip   {budget:10s} {experiment.name:16s} seed {seed} (done: {path})")
         with open(path) as f:
@@ -386,7 +403,7 @@ def main(argv=None):
                 if key in done_keys:  # the same run listed in several tables
                     record = done_keys[key]
                 elif args.report_only:
-                    path = run_path(out, budget, experiment, seed)
+                    path = run_path(out, budget, experiment, seed, args.dataset)
                     record = json.load(open(path)) if os.path.isfile(path) else None
                 else:
                     record = run_one(experiment, budget, seed, args.dataset, out, extra, log)

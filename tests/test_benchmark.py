@@ -24,7 +24,7 @@ def test_report_has_mean_std_and_paired_ttest_against_the_baseline(tmp_path):
     deepfm = [0.72, 0.74, 0.715]
     for seed in range(3):
         for exp, values in ((benchmark.SUITES["smoke"][0], din), (benchmark.SUITES["smoke"][1], deepfm)):
-            path = benchmark.run_path(str(tmp_path), "one_epoch", exp, seed)
+            path = benchmark.run_path(str(tmp_path), "one_epoch", exp, seed, "synthetic_music")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w") as f:
                 json.dump(_fake_record(exp.model, seed, values[seed]), f)
@@ -40,6 +40,20 @@ def test_report_has_mean_std_and_paired_ttest_against_the_baseline(tmp_path):
     assert len(rows) == 1 + 6
     assert "\\begin{tabular}" in (tmp_path / "results.tex").read_text()
     assert (tmp_path / "metrics_T2.png").stat().st_size > 0
+
+
+def test_a_changed_protocol_file_gives_new_runs(tmp_path, monkeypatch):
+    from recbole_psrq import quick_start
+
+    din = benchmark.SUITES["smoke"][0]
+    before = benchmark.run_path("o", "one_epoch", din, 0, "synthetic_music")
+    protocol = tmp_path / "ctr.yaml"
+    protocol.write_text("metrics: [AUC]\n")
+    original = quick_start.config_file_list
+    monkeypatch.setattr(quick_start, "config_file_list",
+                        lambda *a, **k: [str(protocol) if p.endswith("ctr.yaml") else p
+                                         for p in original(*a, **k)])
+    assert benchmark.run_path("o", "one_epoch", din, 0, "synthetic_music") != before
 
 
 def test_shared_runs_are_keyed_once():
@@ -59,7 +73,8 @@ def test_suite_resumes_after_being_killed(tiny_data_path, tmp_path):
     env = {**os.environ, "PYTHONPATH": PROJECT_ROOT}
     proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    din, deepfm = (benchmark.run_path(str(out), "one_epoch", e, 0) for e in benchmark.SUITES["smoke"])
+    din, deepfm = (benchmark.run_path(str(out), "one_epoch", e, 0, "synthetic_music")
+                  for e in benchmark.SUITES["smoke"])
     deadline = time.time() + 240
     while not os.path.exists(din) and time.time() < deadline:
         time.sleep(0.2)
