@@ -199,11 +199,8 @@ def _cached_codes(ids, x, modality, settings, quantizer_file, cache_dir, dataset
         action = "fitted"
     codes = quantizer.encode(x)
     fit_seconds = time.time() - start
-    item_labels = None
-    if labels:
-        item_labels = np.array([labels.get(i, "") for i in ids])
-        known = item_labels != ""
-        item_labels = item_labels if known.all() else None
+    # items without a label are left out of the label metrics (the report skips None)
+    item_labels = np.array([labels.get(i) for i in ids], dtype=object) if labels else None
     report = sid_quality_report(x, codes, labels=item_labels, quantizer=quantizer)
     report["fit_seconds"] = fit_seconds
     logger.info(f"{field}: {action} in {fit_seconds:.1f}s; quality report: "

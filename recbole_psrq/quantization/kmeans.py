@@ -5,6 +5,10 @@ to subsample again, so the training set is exactly what the caller passed and id
 give identical centroids. faiss k-means is deterministic for a fixed seed under OpenMP threading
 (points are assigned independently, centroids are accumulated per centroid range), which the test
 suite checks.
+
+``niter`` is a maximum: faiss stops as soon as an iteration no longer lowers the objective. That
+is a fixed point of Lloyd's algorithm, so the centroids equal those of running all ``niter``
+iterations (checked: bit-identical), but run time depends on how fast the data converges.
 """
 import faiss
 import numpy as np
