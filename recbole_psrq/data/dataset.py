@@ -26,6 +26,7 @@ import numpy as np
 from recbole.data.dataset import Dataset, SequentialDataset
 from recbole.utils import FeatureSource, FeatureType, ModelType
 
+from recbole_psrq.data.history import PositiveHistoryMixin
 from recbole_psrq.data.sid_fields import SID_FIELDS, compute_sid_tokens, read_item_labels
 from recbole_psrq.errors import ConfigError
 
@@ -86,8 +87,9 @@ class SIDDataset(SIDFieldsMixin, Dataset):
     """RecBole ``Dataset`` (general and context-aware models) with SID item fields."""
 
 
-class SIDSequentialDataset(SIDFieldsMixin, SequentialDataset):
-    """RecBole ``SequentialDataset`` with SID item fields."""
+class SIDSequentialDataset(SIDFieldsMixin, PositiveHistoryMixin, SequentialDataset):
+    """RecBole ``SequentialDataset`` with SID item fields and, with ``history_positive_only`` (the CTR
+    protocol), histories built from the user's earlier positive rows only."""
 
 
 def create_dataset(config):

@@ -6,4 +6,8 @@ from recbole_psrq.compat import disable_recbole_anomaly_detection
 
 disable_recbole_anomaly_detection()
 
-MODELS = {}
+# registers the ColdAUC / UserAUC metrics with RecBole's evaluator (before any Config is built)
+import recbole_psrq.evaluation  # noqa: E402,F401
+from recbole_psrq.model.mcca import MCCA  # noqa: E402
+
+MODELS = {"MCCA": MCCA}

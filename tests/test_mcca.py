@@ -1,0 +1,246 @@
+import os
+
+import pytest
+import torch
+
+from recbole_psrq import quick_start
+from recbole_psrq.data.synthetic import write_dataset
+from recbole_psrq.errors import ConfigError
+from recbole_psrq.model.layers import ActivationUnit
+from recbole_psrq.model.mcca import MCCA
+from tests.conftest import TINY
+
+SID_COLUMNS = ("text_sid", "audio_sid", "joint_sid")
+ALL_METRICS = {"auc", "coldauc", "userauc", "logloss"}
+
+
+def write_sid_dataset(root):
+    """The tiny synthetic dataset with text/audio/joint SID columns written into its .item file
+    (level-prefixed tokens derived from the generator's theme/mood/genre hierarchy). Returns data_path."""
+    write_dataset(str(root), TINY)
+    path = os.path.join(str(root), "synthetic_music", "synthetic_music.item")
+    with open(path) as f:
+        rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    col = {h.split(":")[0]: i for i, h in enumerate(rows[0])}
+    out = ["item_id:token\ttext_sid:token_seq\taudio_sid:token_seq\tjoint_sid:token_seq"]
+    for r in rows[1:]:
+        g, sg, a, m, th = (r[col[k]] for k in ("genre", "subgenre", "artist", "mood", "theme"))
+        out.append(f"{r[0]}\tl1_{th} l2_{g} l3_{a}\tl1_{m} l2_{sg} l3_unk\tl1_{g} l2_{sg} l3_{a}")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    return str(root)
+
+
+def sid_overrides(data_path, item_columns=SID_COLUMNS, **extra):
+    return {"data_path": data_path, "epochs": 1, "train_batch_size": 256, "eval_batch_size": 1024,
+            "sid_modalities": [], "sid_report_label_column": None,
+            "load_col": {"inter": ["user_id", "item_id", "timestamp", "label"],
+                         "item": ["item_id", *item_columns]},
+            **extra}
+
+
+def build(data_path, model="MCCA", item_columns=SID_COLUMNS, **extra):
+    """(config, train dataset, first train batch) through the project's runner code."""
+    from recbole.data import data_preparation
+
+    config = quick_start.build_config(model, overrides=sid_overrides(data_path, item_columns, **extra))
+    dataset = quick_start.create_dataset(config)
+    train, _, _ = data_preparation(config, dataset)
+    return config, train._dataset, next(iter(train))
+
+
+@pytest.fixture(scope="module")
+def sid_data(tmp_path_factory):
+    return write_sid_dataset(tmp_path_factory.mktemp("sid") / "data")
+
+
+@pytest.fixture(scope="module")
+def setup(sid_data):
+    return build(sid_data, dropout_prob=0.0)
+
+
+def make_model(setup, **config_changes):
+    config, dataset, _ = setup
+    saved = {k: config[k] for k in config_changes}
+    for k, v in config_changes.items():
+        config[k] = v
+    try:
+        torch.manual_seed(0)
+        return MCCA(config, dataset)
+    finally:
+        for k, v in saved.items():
+            config[k] = v
+
+
+def test_padding_has_zero_weight_and_padded_ids_do_not_matter(setup):
+    _, _, batch = setup
+    model = make_model(setup).eval()
+    seq, seq_len, target = batch["item_id_list"], batch["item_length"], batch["item_id"]
+    assert (seq_len < seq.shape[1]).any() and (seq_len > 0).any()
+    with torch.no_grad():
+        logits, weights = model(seq, seq_len, target, return_weights=True)
+        padding = torch.arange(seq.shape[1]).unsqueeze(0) >= seq_len.unsqueeze(1)
+        assert set(weights) == {"text", "audio", "joint", "id"}
+        for w in weights.values():
+            assert (w[padding] == 0).all()
+            assert (w[~padding] != 0).any()
+        noisy = seq.clone()
+        noisy[padding] = torch.randint(1, model.n_items, (int(padding.sum()),))
+        assert torch.equal(model(noisy, seq_len, target), logits)
+        # a real position does change the output
+        changed = seq.clone()
+        row = int(torch.nonzero(seq_len > 0)[0])
+        changed[row, 0] = changed[row, 0] % (model.n_items - 1) + 1
+        assert not torch.equal(model(changed, seq_len, target)[row], logits[row])
+
+
+def _param_names(model):
+    return [name for name, _ in model.named_parameters()]
+
+
+def test_variants_remove_exactly_the_specified_branches(setup):
+    d = 64
+    full = _param_names(make_model(setup, mcca_variant="full"))
+    for z in ("text", "audio", "joint", "id"):
+        assert any(n.startswith(f"attention.{z}.") for n in full)
+    for z in ("text", "audio", "joint"):
+        assert f"sid_embedding.{z}.weight" in full
+
+    wo_msc = make_model(setup, mcca_variant="wo_msc")
+    names = _param_names(wo_msc)
+    assert not any("text" in n or "audio" in n for n in names)
+    assert "sid_embedding.joint.weight" in names and any(n.startswith("attention.joint.") for n in names)
+    assert any(n.startswith("attention.id.") for n in names)
+    assert wo_msc.mlp[1].in_features == 4 * d          # h_joint, h_id, e_id(t), e_joint(t)
+
+    wo_mjc = make_model(setup, mcca_variant="wo_mjc")
+    names = _param_names(wo_mjc)
+    assert not any("joint" in n for n in names)
+    for z in ("text", "audio"):
+        assert f"sid_embedding.{z}.weight" in names and any(n.startswith(f"attention.{z}.") for n in names)
+    assert wo_mjc.mlp[1].in_features == 6 * d          # h_text, h_audio, h_id, e_id, e_text, e_audio
+    assert make_model(setup).mlp[1].in_features == 6 * d
+
+
+@pytest.mark.parametrize("variant, expected", [
+    ("full", {"text": "joint", "audio": "joint", "joint": "joint", "id": "id"}),
+    ("wo_mjc", {"text": "text", "audio": "audio", "id": "id"}),
+    ("wo_msc", {"joint": "joint", "id": "id"}),
+])
+def test_queries_follow_the_spec(setup, variant, expected, monkeypatch):
+    _, _, batch = setup
+    model = make_model(setup, mcca_variant=variant).eval()
+    seen = {}
+    original = ActivationUnit.forward
+
+    def spy(unit, keys, query, mask, cross=False):
+        seen[next(k for k, u in model.attention.items() if u is unit)] = query
+        return original(unit, keys, query, mask, cross)
+
+    monkeypatch.setattr(ActivationUnit, "forward", spy)
+    target = batch["item_id"]
+    with torch.no_grad():
+        model(batch["item_id_list"], batch["item_length"], target)
+        assert set(seen) == set(expected)
+        for branch, source in expected.items():
+            want = model.item_embedding(target) if source == "id" else model.sid_embed(source, target)
+            assert torch.equal(seen[branch], want), branch
+
+
+def test_sid_embedding_sums_the_levels(setup):
+    model = make_model(setup)
+    items = torch.tensor([1, 2, 3])
+    tokens = model.joint_sid_tokens[items]
+    assert tokens.shape == (3, 3) and (tokens > 0).all()
+    table = model.sid_embedding["joint"].weight
+    assert torch.allclose(model.sid_embed("joint", items), table[tokens].sum(1))
+
+
+def test_missing_sid_field_is_a_config_error(sid_data):
+    config, dataset, _ = build(sid_data, item_columns=("text_sid", "joint_sid"))
+    with pytest.raises(ConfigError, match=r"'audio_sid'.*sid_modalities"):
+        MCCA(config, dataset)
+    config["mcca_variant"] = "wo_msc"  # needs only joint_sid
+    MCCA(config, dataset)
+    config["mcca_variant"] = "nope"
+    with pytest.raises(ConfigError, match="Unknown mcca_variant 'nope'"):
+        MCCA(config, dataset)
+    config["mcca_variant"] = "wo_msc"
+    config["attention_activation"] = "swish"
+    with pytest.raises(ConfigError, match="Unknown attention_activation 'swish'"):
+        MCCA(config, dataset)
+
+
+def test_loss_falls_on_a_learnable_toy(setup):
+    from recbole.data.interaction import Interaction
+
+    model = make_model(setup, dropout_prob=0.0).train()
+    g = torch.Generator().manual_seed(0)
+    n, t = 256, 20
+    items = torch.randint(1, model.n_items, (n,), generator=g)
+    seq = torch.randint(1, model.n_items, (n, t), generator=g)
+    seq_len = torch.randint(0, t + 1, (n,), generator=g)
+    seq[torch.arange(t).unsqueeze(0) >= seq_len.unsqueeze(1)] = 0
+    label = (model.joint_sid_tokens[items, 1] % 2).float()  # a function of the target's joint SID
+    assert 0.2 < label.mean() < 0.8
+    batch = Interaction({"item_id": items, "item_id_list": seq, "item_length": seq_len, "label": label})
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(50):
+        optimizer.zero_grad()
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize("variant, attention_input, weight", [
+    ("full", "concat", "none"), ("full", "din", "sigmoid"), ("wo_msc", "concat", "none"),
+    ("wo_mjc", "din", "none"),
+])
+def test_full_sort_equals_predict(setup, variant, attention_input, weight):
+    from recbole.data.interaction import Interaction
+
+    _, _, batch = setup
+    # 37 pairs per chunk: chunks split both the rows and the item catalogue
+    model = make_model(setup, mcca_variant=variant, attention_input=attention_input,
+                       attention_weight=weight, full_sort_chunk_size=37).eval()
+    rows = Interaction({k: batch[k][:5] for k in ("item_id_list", "item_length")})
+    with torch.no_grad():
+        full = model.full_sort_predict(rows)
+        assert full.shape == (5, model.n_items)
+        items = torch.arange(1, model.n_items)
+        pairs = Interaction({
+            "item_id_list": rows["item_id_list"].repeat_interleave(len(items), 0),
+            "item_length": rows["item_length"].repeat_interleave(len(items)),
+            "item_id": items.repeat(5),
+        })
+        pointwise = model.predict(pairs).view(5, -1)
+    assert torch.allclose(full[:, 1:], pointwise, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_run_reports_all_ctr_metrics_and_checkpoint_reloads(sid_data, workdir):
+    result = quick_start.run("MCCA", overrides=sid_overrides(sid_data))
+    assert result["protocol"] == "ctr"
+    assert set(result["test_result"]) == ALL_METRICS
+    for value in result["test_result"].values():
+        assert value == value  # not NaN
+    again = quick_start.evaluate_checkpoint(result["checkpoint"])
+    assert again == result["test_result"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["wo_msc", "wo_mjc"])
+def test_ablations_run(sid_data, workdir, variant):
+    result = quick_start.run("MCCA", overrides=sid_overrides(sid_data, mcca_variant=variant), saved=False)
+    assert set(result["test_result"]) == ALL_METRICS
+
+
+@pytest.mark.slow
+def test_mcca_runs_under_the_topk_protocol(sid_data, workdir):
+    result = quick_start.run("MCCA", saved=False,
+                             overrides=sid_overrides(sid_data, protocol="topk", eval_batch_size=64,
+                                                     full_sort_chunk_size=4096))
+    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
