@@ -29,7 +29,7 @@ BUDGETS = {
     "one_epoch": {"epochs": 1},
     "early_stop": {"epochs": 20, "stopping_step": 2},
 }
-CTR_METRICS = ["auc", "coldauc", "gauc", "logloss"]
+CTR_METRICS = ["auc", "coldauc", "userauc", "logloss"]  # userauc = GAUC (value-type)
 TOPK_METRICS = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@10"]
 SMALLER_IS_BETTER = {"logloss"}
 POINTWISE_NEGATIVES = {"train_neg_sample_args": "{'distribution': 'uniform', 'sample_num': 1}"}
@@ -52,7 +52,8 @@ SEQ_TEXT_SID = {"sid_modalities": "['text']", "selected_features": "['text_sid']
 
 PAPER_SUITE = [
     Experiment("T2", "DIN", "DIN"),
-    Experiment("T2", "DIEN", "DIEN"),
+    # RecBole's DIEN (GRU) cannot take an empty history: it scores only rows with >= 1 earlier positive
+    Experiment("T2", "DIEN", "DIEN", {"history_min_length": 1}),
     Experiment("T2", "DeepFM", "DeepFM"),
     Experiment("T2", "WideDeep", "WideDeep"),
     Experiment("T2", "PSRQ+MCCA", "MCCA"),
@@ -77,6 +78,9 @@ SUITES = {
     "paper": PAPER_SUITE,
     "ctr": [e for e in PAPER_SUITE if e.table != "TopK"],
     "smoke": [Experiment("T2", "DIN", "DIN"), Experiment("T2", "DeepFM", "DeepFM")],
+    # MCCA against DIN with and without SIDs, and the ablations (issue 4's default-dataset check)
+    "mcca": [e for e in PAPER_SUITE if e.table in ("T3", "T4")
+             and e.name in ("DIN", "DIN+PSRQ", "MCCA w/o MSC", "MCCA w/o MJC", "PSRQ+MCCA")],
 }
 BASELINES = {"T2": "DIN", "T3": "DIN", "T4": "DIN", "TopK": "SASRec"}
 TABLE_TITLES = {
@@ -122,7 +126,9 @@ def run_one(experiment, budget, seed, dataset, out, extra_overrides, log):
         log(f"skip   {budget:10s} {experiment.name:16s} seed {seed} (done: {path})")
         with open(path) as f:
             return json.load(f)
-    overrides = {**BUDGETS[budget], **extra_overrides, **experiment.overrides, "seed": seed}
+    # one torch thread per run: on small shared machines 2 threads were measured ~7x slower
+    overrides = {"torch_threads": 1, **BUDGETS[budget], **extra_overrides, **experiment.overrides,
+                 "seed": seed}
     command = [sys.executable, os.path.join(PROJECT_ROOT, "run_recbole_psrq.py"),
                f"--model={experiment.model}", f"--dataset={dataset}"]
     command += [f"--{k}={v}" for k, v in overrides.items()]

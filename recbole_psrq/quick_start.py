@@ -232,6 +232,7 @@ def run(model, dataset=None, config_files=(), overrides=None, saved=True):
     from recbole.utils import get_trainer, init_seed
 
     config = build_config(model, dataset, config_files, overrides)
+    _set_threads(config)
     init_seed(config["seed"], config["reproducibility"])
     log_file = _init_logger(config)
     logger = getLogger()
@@ -264,6 +265,14 @@ def run(model, dataset=None, config_files=(), overrides=None, saved=True):
     result["result_file"] = _write_result(result, log_file)
     logger.info(f"test result: {result['test_result']}")
     return result
+
+
+def _set_threads(config):
+    """``torch_threads: N`` pins torch's intra-op threads (unset: torch's default)."""
+    if config["torch_threads"]:
+        import torch
+
+        torch.set_num_threads(int(config["torch_threads"]))
 
 
 def evaluate_checkpoint(checkpoint_path, overrides=None):
