@@ -22,6 +22,7 @@ from logging import getLogger
 import yaml
 
 from recbole_psrq.errors import ConfigError, DataFormatError
+from recbole_psrq.io import atomic_open
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROPERTIES_DIR = os.path.join(PROJECT_ROOT, "properties")
@@ -317,10 +318,8 @@ def _write_result(result, log_file):
     if not log_file:
         return None
     path = os.path.splitext(log_file)[0] + ".json"
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
-    os.replace(tmp, path)
     return path
 
 

@@ -21,12 +21,12 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from recbole_psrq.data.embeddings import load_item_embeddings
+from recbole_psrq.io import atomic_open
 from recbole_psrq.errors import ConfigError, DataFormatError, PSRQError
 from recbole_psrq.quantization import (QUANTIZERS, build_quantizer, sid_quality_report)
 from recbole_psrq.quantization.base import nonfinite_rows
@@ -70,7 +70,8 @@ def run(args):
                         "dim": quantizer.dim}
     print(format_report(report))
     if args.report:
-        _write_atomic(args.report, json.dumps(report, indent=2).encode())
+        with atomic_open(args.report, "w") as f:
+            json.dump(report, f, indent=2)
     if args.codes:
         _save_codes(args.codes, item_ids, codes)
     if args.save_quantizer:
@@ -257,24 +258,8 @@ def _read_lines(path):
 def _save_codes(path, item_ids, codes):
     """``.npz`` with ``sid`` (N, L) int64 and ``item_id`` (row numbers when the input had no ids)."""
     ids = item_ids if item_ids is not None else np.arange(len(codes)).astype(str)
-    buffer = tempfile.SpooledTemporaryFile()
-    np.savez(buffer, item_id=ids, sid=codes)
-    buffer.seek(0)
-    _write_atomic(path, buffer.read())
-
-
-def _write_atomic(path, payload):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        np.savez(f, item_id=ids, sid=codes)
 
 
 def _parse_args(argv):

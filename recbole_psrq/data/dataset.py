@@ -27,7 +27,7 @@ from recbole.data.dataset import Dataset, SequentialDataset
 from recbole.utils import FeatureSource, FeatureType, ModelType
 
 from recbole_psrq.data.history import PositiveHistoryMixin
-from recbole_psrq.data.sid_fields import SID_FIELDS, compute_sid_tokens, read_item_labels
+from recbole_psrq.data.sid_fields import compute_sid_tokens, read_item_labels
 from recbole_psrq.errors import ConfigError
 
 

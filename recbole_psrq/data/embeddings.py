@@ -6,12 +6,12 @@ Format (``<dataset>.<modality>.npz``, written by :func:`save_item_embeddings`):
 Rows are never matched by position alone: readers always go through ``item_id``.
 """
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from recbole_psrq.errors import DataFormatError
+from recbole_psrq.io import atomic_open
 
 
 def save_item_embeddings(path, item_ids, embedding, dtype=np.float16):
@@ -24,18 +24,8 @@ def save_item_embeddings(path, item_ids, embedding, dtype=np.float16):
             "pass one row per item id."
         )
     _check_unique(item_ids, path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_npz_deterministic(f, {"item_id": item_ids, "embedding": embedding.astype(dtype)})
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the file is data, not a secret
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        _write_npz_deterministic(f, {"item_id": item_ids, "embedding": embedding.astype(dtype)})
 
 
 def _write_npz_deterministic(fileobj, arrays):

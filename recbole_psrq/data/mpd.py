@@ -59,6 +59,7 @@ import unicodedata
 import numpy as np
 import pandas as pd
 
+from recbole_psrq.io import atomic_open
 from recbole_psrq.errors import ConfigError, DataFormatError
 
 AUDIO_COLUMNS = ["acousticness", "danceability", "duration_ms", "energy", "instrumentalness", "liveness",
@@ -418,13 +419,11 @@ def _pid_rank(pids):
 
 def _write_tsv(path, header, columns):
     """Write columns (lists/arrays of str) as TAB-separated text, atomically, LF line ends."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write("\t".join(header) + "\n")
         if columns and len(columns[0]):
             f.write("\n".join("\t".join(row) for row in zip(*columns)))
             f.write("\n")
-    os.replace(tmp, path)
 
 
 def convert_mpd(inputs, out_dir, name, audio_csv=(), genres_csv=None, kcore=0, negatives=1,
@@ -713,7 +712,7 @@ def render_readme(s):
             "",
             f"Columns: {', '.join(a['columns'])} (popularity and count are not audio and are not used), each "
             "z-scored over the distinct matched artists of this dataset (population std).",
-            f"Join: normalised artist name. Duplicate names inside one table: the row with the largest `count` "
+            "Join: normalised artist name. Duplicate names inside one table: the row with the largest `count` "
             "wins; with several tables the earlier one wins.",
             "",
             "| coverage | value |",

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recbole_psrq.data.embeddings import save_item_embeddings
+from recbole_psrq.io import atomic_open
 
 DATASET_NAME = "synthetic_music"
 
@@ -178,10 +179,8 @@ def write_dataset(out_dir, cfg=SyntheticMusicConfig(), name=DATASET_NAME):
 
 
 def _write_text(path, lines):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv=None):

