@@ -1,6 +1,7 @@
 """MPD converter: hand-written fixtures (tests/fixtures/mpd) + one integration test on the real 5k copy."""
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,9 +14,21 @@ from recbole_psrq.data.embeddings import load_item_embeddings
 from recbole_psrq.errors import ConfigError, DataFormatError
 
 REPO = Path(__file__).resolve().parents[1]
-FIX = Path(__file__).resolve().parent / "fixtures" / "mpd"
-AUDIO = FIX / "artists_audio.csv"
-GENRES = FIX / "artists_genres.csv"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mpd"
+AUDIO = FIXTURES / "artists_audio.csv"
+GENRES = FIXTURES / "artists_genres.csv"
+
+
+@pytest.fixture(scope="session")
+def mpd_fixtures(tmp_path_factory):
+    """The hand-written fixtures staged under real MPD slice names (``fixture.X.json`` ->
+    ``mpd.slice.X.json``); the repo keeps no file named like the licensed MPD slices."""
+    root = tmp_path_factory.mktemp("mpd_fixtures")
+    for src in FIXTURES.glob("*/fixture.*.json"):
+        dest = root / src.parent.name / src.name.replace("fixture.", "mpd.slice.", 1)
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copyfile(src, dest)
+    return root
 SHARED = REPO.parent / "shared" / "data"
 MPD_5K = SHARED / "mpd_soundscout_5k" / "backend" / "data"
 ARTIST_DIR = SHARED / "spotify_1921_2020_artist_audio"
@@ -45,8 +58,8 @@ def test_normalize_name_and_genres():
 
 
 # ---------------------------------------------------------------------------------------- with `pos`
-def test_with_pos_order_counts_and_audio_join(tmp_path):
-    out, s = convert(tmp_path, [FIX / "with_pos"], audio_csv=[AUDIO], genres_csv=GENRES, negatives=1, seed=3)
+def test_with_pos_order_counts_and_audio_join(mpd_fixtures, tmp_path):
+    out, s = convert(tmp_path, [mpd_fixtures / "with_pos"], audio_csv=[AUDIO], genres_csv=GENRES, negatives=1, seed=3)
     assert s["playlists"] == 2 and s["playlists_with_pos"] == 2 and s["raw_rows"] == 7
     assert s["duplicate_rows_removed"] == 1
     assert (s["users"], s["items"], s["positive_rows"], s["negative_rows"]) == (2, 5, 6, 6)
@@ -102,8 +115,8 @@ def test_inconsistent_pos_is_rejected(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- without `pos`
-def test_without_pos_list_order_and_counts(tmp_path):
-    out, s = convert(tmp_path, FIX / "no_pos", negatives=2, seed=0)
+def test_without_pos_list_order_and_counts(mpd_fixtures, tmp_path):
+    out, s = convert(tmp_path, mpd_fixtures / "no_pos", negatives=2, seed=0)
     assert s["input_files"] == 2 and s["playlists"] == 4 and s["playlists_without_pos"] == 4
     assert s["raw_rows"] == 12 and s["duplicate_rows_removed"] == 1
     assert (s["users"], s["items"], s["positive_rows"]) == (4, 5, 11)
@@ -160,9 +173,9 @@ def test_popularity_sampling_prefers_popular_items():
     assert abs((r_uni == 3).mean() - 1 / 3) < 0.03
 
 
-def test_same_seed_gives_identical_files(tmp_path):
-    a, _ = convert(tmp_path / "a", FIX / "no_pos", audio_csv=[AUDIO], negatives=1, seed=7)
-    b, _ = convert(tmp_path / "b", FIX / "no_pos", audio_csv=[AUDIO], negatives=1, seed=7)
+def test_same_seed_gives_identical_files(mpd_fixtures, tmp_path):
+    a, _ = convert(tmp_path / "a", mpd_fixtures / "no_pos", audio_csv=[AUDIO], negatives=1, seed=7)
+    b, _ = convert(tmp_path / "b", mpd_fixtures / "no_pos", audio_csv=[AUDIO], negatives=1, seed=7)
     for fname in ("fx.inter", "fx.item", "fx.item_text.tsv"):
         assert (a / fname).read_bytes() == (b / fname).read_bytes(), fname
     ia, ea = load_item_embeddings(a / "fx.audio.npz")
@@ -181,10 +194,10 @@ def test_different_seed_changes_negatives(tmp_path):
     assert (a / "s1.inter").read_bytes() != (b / "s2.inter").read_bytes()
 
 
-def test_kcore_known_answer(tmp_path):
+def test_kcore_known_answer(mpd_fixtures, tmp_path):
     # no_pos after dedup: p0 {t1,t2,t3}, p1 {t3,t1,t2}, p2 {t4,t2,t3}, p3 {t5,t1}.
     # k=2: t4, t5 go (1 row each) -> p3 keeps only t1 -> p3 goes -> t1 still has 2 -> stable.
-    out, s = convert(tmp_path, FIX / "no_pos", kcore=2, negatives=0)
+    out, s = convert(tmp_path, mpd_fixtures / "no_pos", kcore=2, negatives=0)
     assert (s["users"], s["items"], s["positive_rows"]) == (3, 3, 8)
     assert s["rows_removed_by_kcore"] == 3
     inter = read_inter(out, "fx")
@@ -196,32 +209,32 @@ def test_kcore_known_answer(tmp_path):
     assert p2["timestamp:float"].tolist() == [0, 1]
     # k=3 removes everything (iterated) -> clear error
     with pytest.raises(ConfigError, match="k-core 3 removes every row"):
-        convert(tmp_path, FIX / "no_pos", name="k3", kcore=3, negatives=0)
+        convert(tmp_path, mpd_fixtures / "no_pos", name="k3", kcore=3, negatives=0)
 
 
-def test_too_few_negative_candidates_is_an_error(tmp_path):
+def test_too_few_negative_candidates_is_an_error(mpd_fixtures, tmp_path):
     with pytest.raises(ConfigError, match=r"pid=0 .*--negatives 3"):
-        convert(tmp_path, FIX / "no_pos", negatives=3)
+        convert(tmp_path, mpd_fixtures / "no_pos", negatives=3)
 
 
 # ------------------------------------------------------------------------------------------ bad input
-def test_malformed_json_message(tmp_path):
+def test_malformed_json_message(mpd_fixtures, tmp_path):
     with pytest.raises(DataFormatError, match=r"mpd\.slice\.bad-json\.json: invalid JSON at line 1"):
-        convert(tmp_path, [FIX / "bad" / "mpd.slice.bad-json.json"])
+        convert(tmp_path, [mpd_fixtures / "bad" / "mpd.slice.bad-json.json"])
 
 
-def test_missing_playlists_message(tmp_path):
+def test_missing_playlists_message(mpd_fixtures, tmp_path):
     with pytest.raises(DataFormatError, match=r"no-playlists\.json: missing 'playlists'"):
-        convert(tmp_path, [FIX / "bad" / "mpd.slice.no-playlists.json"])
+        convert(tmp_path, [mpd_fixtures / "bad" / "mpd.slice.no-playlists.json"])
 
 
-def test_missing_track_uri_message(tmp_path):
+def test_missing_track_uri_message(mpd_fixtures, tmp_path):
     with pytest.raises(DataFormatError, match=r"no-uri\.json: playlist pid=7 \(#0\), track #1 .*'track_uri'"):
-        convert(tmp_path, [FIX / "bad" / "mpd.slice.no-uri.json"])
+        convert(tmp_path, [mpd_fixtures / "bad" / "mpd.slice.no-uri.json"])
 
 
-def test_duplicate_pid_and_empty_dir(tmp_path):
-    f = FIX / "no_pos" / "mpd.slice.0-999.json"
+def test_duplicate_pid_and_empty_dir(mpd_fixtures, tmp_path):
+    f = mpd_fixtures / "no_pos" / "mpd.slice.0-999.json"
     g = tmp_path / "mpd.slice.copy.json"
     g.write_bytes(f.read_bytes())
     with pytest.raises(DataFormatError, match="pid 0 also appears"):
@@ -231,16 +244,16 @@ def test_duplicate_pid_and_empty_dir(tmp_path):
         convert(tmp_path, [tmp_path / "empty"])
 
 
-def test_bad_audio_table(tmp_path):
+def test_bad_audio_table(mpd_fixtures, tmp_path):
     bad = tmp_path / "audio.csv"
     bad.write_text("artists,energy\nQueen,0.5\n")
     with pytest.raises(DataFormatError, match=r"audio\.csv: missing column"):
-        convert(tmp_path, FIX / "no_pos", audio_csv=[bad])
+        convert(tmp_path, mpd_fixtures / "no_pos", audio_csv=[bad])
 
 
-def test_cli(tmp_path, capsys):
+def test_cli(mpd_fixtures, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = mpd.main(["--input", str(FIX / "with_pos" / "mpd.slice.0-999.json"), "--audio-csv", str(AUDIO),
+    rc = mpd.main(["--input", str(mpd_fixtures / "with_pos" / "mpd.slice.0-999.json"), "--audio-csv", str(AUDIO),
                    "--genres-csv", str(GENRES), "--out", str(out), "--name", "cli", "--negatives", "2",
                    "--negative-sampling", "popularity", "--seed", "1", "--no-encode-text", "--no-progress"])
     assert rc == 0
@@ -252,7 +265,7 @@ def test_cli(tmp_path, capsys):
     assert "--negative-sampling popularity" in (out / "README.md").read_text()
 
 
-def test_converter_writes_text_embeddings(tmp_path, monkeypatch):
+def test_converter_writes_text_embeddings(mpd_fixtures, tmp_path, monkeypatch):
     """--encode-text path with a stub encoder (the real model is tested in test_text_encoder.py)."""
     from recbole_psrq.data import text_encoder
 
@@ -267,7 +280,7 @@ def test_converter_writes_text_embeddings(tmp_path, monkeypatch):
 
     monkeypatch.setattr(text_encoder, "encode_texts", fake_encode)
     monkeypatch.setattr(text_encoder, "resolve_model_path", lambda p=None: "stub-model")
-    out, s = convert(tmp_path, FIX / "no_pos", encode_text=True, cache_dir=tmp_path / "cache")
+    out, s = convert(tmp_path, mpd_fixtures / "no_pos", encode_text=True, cache_dir=tmp_path / "cache")
     ids, emb = load_item_embeddings(out / "fx.text.npz")
     assert len(ids) == s["items"] == 5 and emb.shape == (5, 4)
     assert seen["texts"]["spotify:track:t4"] == "Four by The Beatles."
