@@ -299,3 +299,10 @@ class KMeansQuantizer(Quantizer):
                     index + 1, self.n_levels, self.codebook_size, inputs.shape[0], inputs.shape[1],
                     time.perf_counter() - start)
         return centroids
+
+    def _state(self):
+        """One codebook array per level / sub-space (``self.centroids``); RQ-VAE overrides."""
+        return {f"centroids_{level}": c for level, c in enumerate(self.centroids)}
+
+    def _load_state(self, arrays):
+        self.centroids = [arrays[f"centroids_{level}"] for level in range(self.n_levels)]

@@ -70,12 +70,6 @@ class ProductQuantizer(KMeansQuantizer):
             reconstruction[:, start:stop] = self.centroids[level][codes[:, level]]
         return self._unrotate(reconstruction)
 
-    def _state(self):
-        return {f"centroids_{level}": c for level, c in enumerate(self.centroids)}
-
-    def _load_state(self, arrays):
-        self.centroids = [arrays[f"centroids_{level}"] for level in range(self.n_levels)]
-
 
 class OPQQuantizer(ProductQuantizer):
     name = "opq"

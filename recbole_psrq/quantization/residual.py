@@ -72,12 +72,6 @@ class ResidualKMeansQuantizer(KMeansQuantizer):
             reconstruction += self.centroids[level][codes[:, level], :self.dim]
         return reconstruction
 
-    def _state(self):
-        return {f"centroids_{level}": c for level, c in enumerate(self.centroids)}
-
-    def _load_state(self, arrays):
-        self.centroids = [arrays[f"centroids_{level}"] for level in range(self.n_levels)]
-
 
 class PSRQQuantizer(ResidualKMeansQuantizer):
     """PSRQ: like RQ-KMeans, but levels >= 2 cluster on [residual ; prefix_weight * prefix]."""
