@@ -22,6 +22,31 @@ def test_default_model_folder_is_found_without_importing_the_package():
     assert text_encoder.model_id(folder) == text_encoder.model_id(folder)
 
 
+# sentence-transformers' published all-MiniLM-L6-v2 embedding of this sentence (first five values)
+REFERENCE_SENTENCE = "This is an example sentence"
+REFERENCE_START = [0.0677, 0.0635, 0.0487, 0.0793, 0.0374]
+
+
+@needs_model
+def test_default_model_reproduces_the_sentence_transformers_reference_vector(tmp_path):
+    _, emb = text_encoder.encode_texts(["s"], [REFERENCE_SENTENCE], cache_dir=tmp_path, progress=False)
+    np.testing.assert_allclose(emb[0, :5], REFERENCE_START, atol=1e-3)
+    assert abs(np.linalg.norm(emb[0]) - 1.0) < 1e-5
+
+
+@needs_model
+def test_bf16_is_close_to_fp32_and_cached_separately(tmp_path):
+    texts = [REFERENCE_SENTENCE, "heavy rock track"]
+    _, fp32 = text_encoder.encode_texts(["a", "b"], texts, cache_dir=tmp_path, progress=False)
+    _, bf16 = text_encoder.encode_texts(["a", "b"], texts, cache_dir=tmp_path, progress=False, dtype="bf16")
+    cosine = (fp32 * bf16).sum(1) / np.linalg.norm(bf16, axis=1)
+    assert cosine.min() > 0.99
+    assert not np.array_equal(fp32, bf16)  # really computed in bf16, not served from the fp32 cache
+    assert len(list(tmp_path.glob("text-*.npy"))) == 2
+    with pytest.raises(ConfigError, match="dtype must be one of"):
+        text_encoder.encode_texts(["a"], ["x"], cache_dir=tmp_path, progress=False, dtype="fp8")
+
+
 @needs_model
 def test_embeds_unit_vectors_similar_closer_cache_hit(tmp_path, monkeypatch):
     calls = {"n": 0}

