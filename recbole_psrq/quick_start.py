@@ -145,9 +145,9 @@ def check_dataset_exists(dataset, data_path):
     raise ConfigError(
         f"Dataset '{dataset}' not found: looked for {inter}. Create it first: the embedded default "
         f"is regenerated with `python -m recbole_psrq.data.synthetic --out {DEFAULT_DATA_PATH}`; "
-        "real music data is converted with a converter, e.g. `python -m recbole_psrq.data.mpd "
-        "--input <your MPD slices> --out converted/<name>` then `--dataset=<name> "
-        "--data_path=converted`. Or point --data_path at the folder that contains "
+        "real music data is converted with `python -m recbole_psrq.data.convert <format> --src <your download> "
+        "--out converted/<name>` (MPD also with `python -m recbole_psrq.data.mpd`), then "
+        "`--config_files=converted/<name>/<name>.yaml`. Or point --data_path at the folder that contains "
         f"'{dataset}/{dataset}.inter'."
     )
 
@@ -169,7 +169,9 @@ def build_config(model, dataset=None, config_files=(), overrides=None):
     from recbole.config import Config
 
     overrides = dict(overrides or {})
-    dataset = dataset or DEFAULT_DATASET
+    if dataset is None:  # a converter's <name>.yaml names its dataset
+        named = _merged_yaml([p for p in config_files if os.path.isfile(p)]).get("dataset")
+        dataset = overrides.pop("dataset", None) or named or DEFAULT_DATASET
     model_class = resolve_model(model)
     protocol = overrides.pop("protocol", None) or default_protocol(model_class)
     if protocol not in PROTOCOLS:
@@ -250,6 +252,14 @@ def run(model, dataset=None, config_files=(), overrides=None, saved=True):
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
+    if saved and not os.path.isfile(trainer.saved_model_file):
+        # RecBole saves only on an improved validation score; a NaN score (e.g. AUC on a valid split that
+        # holds one label only) never improves, and its evaluate() would fail deep inside torch.load
+        raise ConfigError(
+            f"No checkpoint was saved: the validation metric {config['valid_metric']} was never a finite "
+            "number (NaN in every epoch), so no model could be selected. The valid split of "
+            f"'{config['dataset']}' is probably too small or holds one label only; use more data per user "
+            "or another valid_metric.")
     test_result = trainer.evaluate(test_data, load_best_model=saved,
                                    show_progress=config["show_progress"])
     result = {
@@ -257,7 +267,8 @@ def run(model, dataset=None, config_files=(), overrides=None, saved=True):
         "dataset": config["dataset"],
         "protocol": config["protocol"],
         "seed": config["seed"],
-        "best_valid_score": _plain(best_valid_score),
+        # None when no validation ran (eval_step 0): RecBole leaves -inf there, which is not valid JSON
+        "best_valid_score": _plain(best_valid_score) if best_valid_result is not None else None,
         "best_valid_result": _plain(best_valid_result),
         "test_result": _plain(test_result),
         "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,
