@@ -42,6 +42,21 @@ def test_report_has_mean_std_and_paired_ttest_against_the_baseline(tmp_path):
     assert (tmp_path / "metrics_T2.png").stat().st_size > 0
 
 
+def test_seed_list_reports_only_those_seeds(tmp_path):
+    for seed, auc in ((0, 0.70), (2, 0.72)):
+        for exp in benchmark.SUITES["smoke"]:
+            path = benchmark.run_path(str(tmp_path), "one_epoch", exp, seed, "synthetic_music")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                json.dump(_fake_record(exp.model, seed, auc), f)
+    assert benchmark.main(["--suite", "smoke", "--seeds", "0,2", "--budgets", "one_epoch",
+                           "--out", str(tmp_path), "--report-only"]) == 0
+    md = (tmp_path / "results.md").read_text()
+    assert "Seeds: [0, 2]" in md and "**DIN** (baseline) | 2 | 0.7100 ± 0.0141" in md
+    with pytest.raises(SystemExit):
+        benchmark.main(["--suite", "smoke", "--seeds", "0,x", "--out", str(tmp_path), "--report-only"])
+
+
 def test_a_changed_protocol_file_gives_new_runs(tmp_path, monkeypatch):
     from recbole_psrq import quick_start
 
