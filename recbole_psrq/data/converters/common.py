@@ -590,28 +590,36 @@ def iter_table_chunks(path, columns, sep="\t", header=True, chunksize=500_000, e
                         f"({_sep_name(sep)}-separated), found {first.rstrip(chr(13) + chr(10))!r}. {fix}")
             rows, lines = [], []
             for lineno, line in enumerate(f, start=lineno + 1):
-                fields = line.rstrip("\r\n").split(sep)
-                if len(fields) != n or n == 1:
+                # validate with a cheap separator count; pandas' C parser then splits the checked lines
+                if line.count(sep) != n - 1 or n == 1:
                     if not line.strip():
                         continue
-                if len(fields) != n:
-                    raise DataFormatError(
-                        f"{path}, line {lineno}: expected {n} {_sep_name(sep)}-separated fields, found "
-                        f"{len(fields)}. {fix}")
-                rows.append(fields)
+                    if line.count(sep) != n - 1:
+                        raise DataFormatError(
+                            f"{path}, line {lineno}: expected {n} {_sep_name(sep)}-separated fields, found "
+                            f"{len(split_line(line, sep))}. {fix}")
+                rows.append(line)
                 lines.append(lineno)
                 if len(rows) >= chunksize:
-                    yield _chunk_frame(rows, columns), np.asarray(lines, dtype=np.int64)
+                    yield _chunk_frame(rows, columns, sep), np.asarray(lines, dtype=np.int64)
                     rows, lines = [], []
             if rows:
-                yield _chunk_frame(rows, columns), np.asarray(lines, dtype=np.int64)
+                yield _chunk_frame(rows, columns, sep), np.asarray(lines, dtype=np.int64)
     except UnicodeDecodeError as e:
         raise DataFormatError(
             f"{path}: not valid {encoding} ({e.reason} at byte {e.start} of the decoded stream). "
             f"{dataset + ' ' if dataset else ''}files are read as {encoding}; {fix}") from e
 
 
-def _chunk_frame(rows, columns):
+def _chunk_frame(lines, columns, sep):
+    """Checked raw lines (each with len(columns) fields) -> DataFrame of str, in order."""
+    if len(sep) == 1 and sep not in "\r\n\"":
+        frame = pd.read_csv(io.StringIO("".join(lines)), sep=sep, header=None, names=list(columns), dtype=str,
+                            quoting=3, na_filter=False, keep_default_na=False, skip_blank_lines=False,
+                            engine="c", index_col=False, comment=None, escapechar=None)
+        if len(frame) == len(lines):
+            return frame.astype(object)
+    rows = [split_line(line, sep) for line in lines]
     return pd.DataFrame(dict(zip(columns, (list(c) for c in zip(*rows)))), columns=list(columns), dtype=object)
 
 
@@ -657,7 +665,7 @@ class EventAggregator:
         self.users, self.items = {}, {}
         self.rows = 0        # input rows seen
         self.events = 0      # events (= rows, or the sum of counts)
-        self._parts, self._pending = [], 0
+        self._parts, self._pending, self._base = [], 0, 0
 
     @staticmethod
     def _codes(vocab, values):
@@ -679,9 +687,11 @@ class EventAggregator:
         self._pending += len(self._parts[-1])
         self.rows += n
         self.events += int(counts.sum())
-        if self._pending > self._COMPACT_ROWS and len(self._parts) > 1:
+        # compact when the parts added since the last compaction outgrow both the threshold and the
+        # compacted part itself (doubling keeps the total work O(N log N) for any number of pairs)
+        if self._pending - self._base > max(self._COMPACT_ROWS, self._base) and len(self._parts) > 1:
             self._parts = [self._reduce(pd.concat(self._parts, ignore_index=True))]
-            self._pending = len(self._parts[0])
+            self._pending = self._base = len(self._parts[0])
 
     @staticmethod
     def _reduce(frame):
@@ -760,6 +770,12 @@ def write_outputs(out_dir, name, inter, item, item_text, item_types=None, inter_
     ``inter_types`` defaults to :data:`INTER_TYPES` (extra frame columns are not written); ``load_inter``
     is what the yaml lets RecBole load: by default not ``play_count``, which labels are derived from."""
     os.makedirs(out_dir, exist_ok=True)
+    inter = inter.copy()
+    for c in inter.columns:  # whole numbers are written as integers: fast, and exact beyond 10 digits
+        if inter[c].dtype.kind == "f":
+            v = inter[c].to_numpy()
+            if np.isfinite(v).all() and (v == np.round(v)).all() and (np.abs(v) < 2**53).all():
+                inter[c] = v.astype(np.int64)
     write_atomic_file(os.path.join(out_dir, f"{name}.inter"), inter, dict(inter_types or INTER_TYPES))
     write_atomic_file(os.path.join(out_dir, f"{name}.item"), item,
                       dict(item_types or {c: "token" for c in item.columns}))
