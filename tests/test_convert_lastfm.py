@@ -117,7 +117,7 @@ def test_hetrec_malformed_lines_name_file_and_line(tmp_path):
         run("hetrec-lastfm", src, tmp_path / "out")
     lines[4] = b"2\t7\tmany"
     (src / "user_artists.dat").write_bytes(b"\r\n".join(lines))
-    with pytest.raises(DataFormatError, match=r"user_artists\.dat, line 5: column 'weight' must be a number, found 'many'"):
+    with pytest.raises(DataFormatError, match=r"user_artists\.dat, line 5: column 'weight' holds 'many', not a number"):
         run("hetrec-lastfm", src, tmp_path / "out")
     # tags.dat is Latin-1: read as UTF-8 it fails on the line holding the byte 0xE9
     with pytest.raises(DataFormatError, match=r"tags\.dat, line 4: not valid utf-8"):
@@ -234,7 +234,7 @@ def test_lfm1b_malformed_line_is_an_error(tmp_path):
         run("lfm-1b", src, tmp_path / "out")
     lines[6] = "31435741\t11\t5110\tabc\t1357866600"
     (src / "LFM-1b_LEs.txt").write_text("\n".join(lines))
-    with pytest.raises(DataFormatError, match=r"LFM-1b_LEs\.txt, line 7: column 'track-id' must be an integer, found 'abc'"):
+    with pytest.raises(DataFormatError, match=r"LFM-1b_LEs\.txt, line 7: column 'track-id' holds 'abc', not an integer"):
         run("lfm-1b", src, tmp_path / "out")
 
 
@@ -285,18 +285,20 @@ def test_lfm2b_bad_timestamp_and_header(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- shared
-def test_play_aggregator_compaction_and_token_coder():
+def test_event_aggregator_compaction_on_integer_ids_and_token_coder():
     rng = np.random.default_rng(0)
     users, items, times = rng.integers(0, 5, 200), rng.integers(0, 7, 200), rng.integers(0, 1000, 200)
-    small = common.PlayAggregator(compact_rows=3)
+    small = common.EventAggregator()
+    small._COMPACT_ROWS = 3
     for k in range(0, 200, 9):
         small.add(users[k:k + 9], items[k:k + 9], times[k:k + 9])
-    whole = common.PlayAggregator()
+    whole = common.EventAggregator()
     whole.add(users, items, times)
     pd.testing.assert_frame_equal(small.result(), whole.result())
     ref = pd.DataFrame({"u": users, "i": items, "t": times}).groupby(["u", "i"])["t"].agg(["min", "size"])
-    assert whole.result()["time"].tolist() == ref["min"].tolist()
-    assert whole.result()["count"].tolist() == ref["size"].tolist() and small.events == 200
+    got = whole.result().sort_values(["user_id", "item_id"])
+    assert got["timestamp"].tolist() == ref["min"].tolist()
+    assert got["play_count"].tolist() == ref["size"].tolist() and small.events == 200
     coder = common.TokenCoder()
     assert coder.encode(["b", "a", "b"]).tolist() == [0, 1, 0]
     assert coder.encode(["c", "a"]).tolist() == [2, 1]

@@ -349,10 +349,10 @@ def test_event_aggregator_matches_pandas_across_chunks_and_compaction():
     assert got["timestamp"].tolist() == want["t"].tolist() and got["play_count"].tolist() == want["n"].tolist()
 
 
-def test_iter_table_chunks_line_numbers(tmp_path):
+def test_iter_table_line_numbers(tmp_path):
     path = tmp_path / "t.tsv"
     path.write_bytes(b"a\tb\r\n1\tx\r\n\r\n2\ty\r\n3\tz\n")
-    chunks = list(common.iter_table_chunks(str(path), ["a", "b"], chunksize=2))
+    chunks = list(common.iter_table(str(path), ["a", "b"], header=True, chunk_rows=2))
     assert [c[0]["a"].tolist() for c in chunks] == [["1", "2"], ["3"]]
     assert [c[1].tolist() for c in chunks] == [[2, 4], [5]]
     assert chunks[0][0]["b"].tolist() == ["x", "y"]  # CR stripped

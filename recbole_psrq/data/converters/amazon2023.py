@@ -212,7 +212,7 @@ def item_text(title="", store="", categories=(), features=(), description=(),
 
 # ------------------------------------------------------------------------------------------- convert
 def convert(args, command):
-    name = common.check_name(args.name)
+    name = common.check_args(args)
     out, src = args.out, args.src
     if args.description_chars < 0:
         raise ConfigError(f"--description-chars must be >= 0, got {args.description_chars}.")
@@ -222,8 +222,8 @@ def convert(args, command):
         meta_path = common.find_input(src, f"meta_{category}.jsonl", dataset=DATASET, hint=(
             f"The item text comes from meta_{category}.jsonl[.gz]; download it too, or pass --no-meta to "
             "convert without item text."))
-    music4all.log(args, f"reading {reviews_path}")
-    reviews = read_reviews(reviews_path, progress=lambda n: music4all.log(args, f"  {n:,} reviews"))
+    common.log(args, f"reading {reviews_path}")
+    reviews = read_reviews(reviews_path, progress=lambda n: common.log(args, f"  {n:,} reviews"))
     if len(reviews) == 0:
         raise DataFormatError(f"{reviews_path}: no reviews (empty file). {FIX_JSON}")
     stats = {"name": name, "format": "amazon2023", "command": command, "src": src, "category": category,
@@ -232,16 +232,10 @@ def convert(args, command):
              "malformed": common.MalformedRows().as_dict()}
     stats["repeated_pair_rows"] = int(reviews.duplicated(["user_id", "item_id"]).sum())
     stats["exact_duplicate_rows"] = int(reviews.duplicated(["user_id", "item_id", "ts_ms", "rating"]).sum())
-    order = np.lexsort((reviews["line"].to_numpy(), reviews["ts_ms"].to_numpy(),
-                        reviews["user_id"].to_numpy().astype(str)))
-    reviews = reviews.iloc[order].reset_index(drop=True)
-    stats["kcore"] = args.kcore
+    reviews = common.sort_inter(reviews, time_column="ts_ms", tie="line")
     before = len(reviews)
-    if args.kcore:
-        reviews, rounds = common.kcore(reviews, args.kcore)
-    else:
-        rounds = 0
-    stats["kcore_rounds"], stats["rows_removed_by_kcore"] = rounds, before - len(reviews)
+    reviews, rounds = common.kcore(reviews, args.kcore)
+    stats.update(kcore=args.kcore, kcore_rounds=rounds, rows_removed_by_kcore=before - len(reviews))
     reviews["timestamp"] = (reviews["ts_ms"] // 1000).astype(np.float64)
     reviews["label"] = common.rating_labels(reviews["rating"].to_numpy(), args.rating_threshold)
     stats["rating_threshold"] = args.rating_threshold
@@ -253,7 +247,7 @@ def convert(args, command):
     items = np.sort(pd.unique(reviews["item_id"]).astype(str))
     meta, meta_info = ({}, None)
     if meta_path:
-        music4all.log(args, f"reading {meta_path}")
+        common.log(args, f"reading {meta_path}")
         meta, meta_info = read_meta(meta_path, set(items))
     texts, stores, truncated = [], [], 0
     for item in items:
@@ -271,14 +265,10 @@ def convert(args, command):
 
     item_frame = pd.DataFrame({"item_id": items, "store": stores})
     text_frame = pd.DataFrame(texts, columns=["item_id", "text", "title", "store", "categories"])
-    inter_types = {"user_id": "token", "item_id": "token", "timestamp": "float", "label": "float",
-                   "rating": "float", "helpful_vote": "float", "verified_purchase": "float"}
-    item_types = {"item_id": "token", "store": "token"}
-    music4all.write_outputs(out, name, reviews, inter_types, item_frame, item_types, text_frame, {})
-    common.write_dataset_yaml(out, name, ["user_id", "item_id", "timestamp", "label"], list(item_types),
-                              music4all.yaml_embedding_files(out, name))
+    common.write_outputs(out, name, reviews, item_frame, text_frame,
+                         extra_inter=["rating", "helpful_vote", "verified_purchase"])
     common.write_stats_and_readme(out, stats, render_readme(stats))
-    music4all.log(args, f"wrote {out}")
+    common.log(args, f"wrote {out}")
     return stats
 
 
@@ -291,8 +281,7 @@ def render_readme(s):
         ("raw users / items (parent_asin)", f"{common.fmt_count(s['raw_users'])} / {common.fmt_count(s['raw_items'])}"),
         ("reviews of a (user, item) pair reviewed before (kept)", common.fmt_count(s["repeated_pair_rows"])),
         ("exact duplicates (same user, item, time, rating; kept)", common.fmt_count(s["exact_duplicate_rows"])),
-        ("k-core", f"{s['kcore'] if s['kcore'] else 'off'} ({s['kcore_rounds']} rounds, "
-                   f"{common.fmt_count(s['rows_removed_by_kcore'])} rows removed)"),
+        common.kcore_row(s),
         ("**users**", f"**{common.fmt_count(s['users'])}**"),
         ("**items**", f"**{common.fmt_count(items)}**"),
         (f"**rows in `{name}.inter`**", f"**{common.fmt_count(rows)}**"),

@@ -37,11 +37,7 @@ TAGGED_DATE = ["userID", "artistID", "tagID", "day", "month", "year"]
 
 
 def add_arguments(parser, fmt=None):
-    parser.add_argument("--label-rule", choices=common.LABEL_RULES, default="user-median",
-                        help="user-median (default: play count >= the user's median -> 1) or repeat "
-                             "(play count >= 2 -> 1)")
-    parser.add_argument("--label-quantile", type=float, default=0.5,
-                        help="quantile of the user's play counts used by user-median (default 0.5)")
+    common.add_label_arguments(parser, default="user-median")
     parser.add_argument("--time", choices=["tagging", "row-order"], default="tagging",
                         help="tagging (default): first tagging time of the pair when tagged, else the row "
                              "position; row-order: the row position for every pair")
@@ -51,64 +47,33 @@ def add_arguments(parser, fmt=None):
     parser.add_argument("--tags-encoding", default="iso-8859-1", help="encoding of tags.dat (ISO-8859-1)")
 
 
-def _optional(src, name):
-    try:
-        return common.find_input(src, name, dataset=DATASET)
-    except DataFormatError:
-        return None
-
-
-def _read(path, columns, encoding):
-    frames, lines = [], []
-    for frame, ln in common.iter_rows(path, columns, header=True, encoding=encoding, chunk_rows=10**9, fix=FIX):
-        frames.append(frame)
-        lines.append(ln)
-    if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=str) for c in columns}), np.zeros(0, dtype=np.int64)
-    return pd.concat(frames, ignore_index=True), np.concatenate(lines)
-
-
-def _integers(frame, column, path, lines, kind=np.int64):
-    """Column as integers (``kind=float``: any number); a bad value is an error naming file, line, value."""
-    text = frame[column].str.strip()
-    values = pd.to_numeric(text, errors="coerce")
-    bad = values.isna().to_numpy()
-    if kind is np.int64:
-        bad |= ~text.str.fullmatch(r"-?\d+").to_numpy()
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        what = "an integer" if kind is np.int64 else "a number"
-        raise DataFormatError(f"{path}, line {lines[i]}: column '{column}' must be {what}, found "
-                              f"{frame[column].iloc[i]!r}. {FIX}")
-    return values.to_numpy().astype(kind)
+def _read(path, columns, encoding, int_columns=()):
+    return common.read_table(path, columns, header=True, encoding=encoding, int_columns=int_columns, fix=FIX)
 
 
 def read_tagging(src, encoding):
     """(user, artist, tag, seconds-or-NaN) of every tag assignment, and info. Prefers the millisecond
     timestamps file; falls back to the day/month/year file (midnight UTC)."""
-    ts_path = _optional(src, "user_taggedartists-timestamps.dat")
-    date_path = _optional(src, "user_taggedartists.dat")
+    ts_path = common.find_optional(src, "user_taggedartists-timestamps.dat")
+    date_path = common.find_optional(src, "user_taggedartists.dat")
     if ts_path:
-        frame, lines = _read(ts_path, TAGGED_TS, encoding)
-        ms = _integers(frame, "timestamp", ts_path, lines)
-        seconds = (ms // 1000).astype(np.float64)
+        frame, lines = _read(ts_path, TAGGED_TS, encoding, TAGGED_TS)
+        seconds = (frame["timestamp"].to_numpy() // 1000).astype(np.float64)
         path, source = ts_path, "milliseconds in user_taggedartists-timestamps.dat, floored to seconds"
     elif date_path:
-        frame, lines = _read(date_path, TAGGED_DATE, encoding)
-        parts = {c: _integers(frame, c, date_path, lines) for c in ("day", "month", "year")}
-        dates = pd.to_datetime(pd.DataFrame(parts), errors="coerce", utc=True)
+        frame, lines = _read(date_path, TAGGED_DATE, encoding, TAGGED_DATE)
+        dates = pd.to_datetime(frame[["day", "month", "year"]], errors="coerce", utc=True)
         bad = dates.isna().to_numpy()
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise DataFormatError(f"{date_path}, line {lines[i]}: day/month/year {parts['day'][i]}/"
-                                  f"{parts['month'][i]}/{parts['year'][i]} is not a date. {FIX}")
+            raise DataFormatError(f"{date_path}, line {lines[i]}: day/month/year {frame['day'].iloc[i]}/"
+                                  f"{frame['month'].iloc[i]}/{frame['year'].iloc[i]} is not a date. {FIX}")
         seconds = (dates.astype("int64") // 10**9).astype(np.float64).to_numpy()
         path, source = date_path, "day/month/year in user_taggedartists.dat, midnight UTC"
     else:
         return None, {"file": None, "time_source": None}
-    tagging = pd.DataFrame({"user": _integers(frame, "userID", path, lines),
-                            "artist": _integers(frame, "artistID", path, lines),
-                            "tag": _integers(frame, "tagID", path, lines), "time": seconds})
+    tagging = pd.DataFrame({"user": frame["userID"].to_numpy(), "artist": frame["artistID"].to_numpy(),
+                            "tag": frame["tagID"].to_numpy(), "time": seconds})
     return tagging, {"file": os.path.basename(path), "time_source": source, "assignments": int(len(tagging))}
 
 
@@ -129,44 +94,31 @@ def top_tags(tagging, tag_names, n):
 
 def convert(args, command):
     t_start = time.time()
-    name = common.check_name(args.name)
+    name = common.check_args(args)
     if args.top_tags < 0:
         raise ConfigError(f"--top-tags must be >= 0, got {args.top_tags}.")
-    if not 0.0 <= args.label_quantile <= 1.0:
-        raise ConfigError(f"--label-quantile must be in [0, 1], got {args.label_quantile}.")
-    log = (lambda msg: None) if args.no_progress else (lambda msg: print(f"[hetrec-lastfm] {msg}", flush=True))
 
-    # ---- play counts
+    # ---- play counts: duplicate (user, artist) rows (none in the original) summed, first row's position kept
     ua_path = common.find_input(args.src, "user_artists.dat", dataset=DATASET, hint=HINT)
-    ua, ua_lines = _read(ua_path, USER_ARTISTS, args.encoding)
+    ua, ua_lines = _read(ua_path, USER_ARTISTS, args.encoding, ["userID", "artistID"])
     if len(ua) == 0:
         raise DataFormatError(f"{ua_path}: no user-artist rows after the header. {FIX}")
-    pairs = pd.DataFrame({"user": _integers(ua, "userID", ua_path, ua_lines),
-                          "artist": _integers(ua, "artistID", ua_path, ua_lines),
-                          "weight": _integers(ua, "weight", ua_path, ua_lines, kind=np.float64)})
-    raw_rows = len(pairs)
-    # duplicate (user, artist) rows (none in the original): weights summed, first row's position kept
-    pairs["row"] = pairs.groupby("user", sort=False).cumcount()
-    dup = pairs.duplicated(["user", "artist"], keep="first")
-    n_dup = int(dup.sum())
-    if n_dup:
-        pairs = pairs.groupby(["user", "artist"], sort=False).agg(weight=("weight", "sum"), row=("row", "min"))
-        pairs = pairs.reset_index()
-        pairs["row"] = pairs.groupby("user", sort=False)["row"].rank(method="first").astype(np.int64) - 1
-    log(f"{ua_path}: {raw_rows} rows, {pairs['user'].nunique()} users, {pairs['artist'].nunique()} artists")
+    agg = common.EventAggregator()
+    agg.add(ua["userID"].to_numpy(), ua["artistID"].to_numpy(),
+            counts=common.parse_numbers(ua["weight"], ua_lines, ua_path, "weight", fix=FIX))
+    pairs = agg.result()
+    common.log(args, f"{ua_path}: {agg.rows} rows, {len(agg.users)} users, {len(agg.items)} artists")
 
     # ---- artists, tags, tagging
     artists_path = common.find_input(args.src, "artists.dat", dataset=DATASET, hint=HINT)
-    artists, artists_lines = _read(artists_path, ARTISTS, args.encoding)
-    artist_ids = _integers(artists, "id", artists_path, artists_lines)
-    artist_names = pd.Series(artists["name"].map(common.clean_text).to_numpy(), index=artist_ids)
+    artists, _ = _read(artists_path, ARTISTS, args.encoding, ["id"])
+    artist_names = pd.Series(artists["name"].map(common.clean_text).to_numpy(), index=artists["id"].to_numpy())
     artist_names = artist_names[~artist_names.index.duplicated(keep="first")]
 
-    tags_path = _optional(args.src, "tags.dat")
+    tags_path = common.find_optional(args.src, "tags.dat")
     if tags_path:
-        tags, tags_lines = _read(tags_path, TAGS, args.tags_encoding)
-        tag_names = pd.Series(tags["tagValue"].map(common.clean_text).to_numpy(),
-                              index=_integers(tags, "tagID", tags_path, tags_lines))
+        tags, _ = _read(tags_path, TAGS, args.tags_encoding, ["tagID"])
+        tag_names = pd.Series(tags["tagValue"].map(common.clean_text).to_numpy(), index=tags["tagID"].to_numpy())
         tag_names = tag_names[~tag_names.index.duplicated(keep="first")]
     else:
         tag_names = pd.Series(dtype=object)
@@ -176,11 +128,11 @@ def convert(args, command):
         tag_info["tagged_user_artist_pairs"] = int(len(tagging[["user", "artist"]].drop_duplicates()))
 
     # ---- time
-    pairs["timestamp"] = pairs["row"].astype(np.float64)
+    pairs["timestamp"] = common.position_in_user(pairs)
     pairs["timed"] = False
     if args.time == "tagging" and tagging is not None:
         first = tagging.groupby(["user", "artist"])["time"].min()
-        idx = pd.MultiIndex.from_arrays([pairs["user"], pairs["artist"]])
+        idx = pd.MultiIndex.from_arrays([pairs["user_id"].astype(np.int64), pairs["item_id"].astype(np.int64)])
         found = first.reindex(idx).to_numpy()
         has = ~np.isnan(found)
         pairs.loc[has, "timestamp"] = found[has]
@@ -191,14 +143,7 @@ def convert(args, command):
             tag_info["played_pairs_tagged_before_2000"] = int((found[has] < 946684800).sum())
 
     # ---- labels, k-core, order
-    pairs["label"] = common.apply_label_rule(args.label_rule, pairs["user"].to_numpy(), pairs["weight"].to_numpy(),
-                                             args.label_quantile)
-    inter = pd.DataFrame({"user_id": pairs["user"].astype(str), "item_id": pairs["artist"].astype(str),
-                          "timestamp": pairs["timestamp"], "label": pairs["label"], "play_count": pairs["weight"],
-                          "timed": pairs["timed"].to_numpy()})
-    before = len(inter)
-    inter, rounds = common.kcore(inter, args.kcore)
-    inter = common.sort_inter(inter)
+    inter, label_stats = common.label_play_counts(pairs, args, extra_columns=["timed"])
 
     # ---- items and text
     items = np.array(sorted(inter["item_id"].unique(), key=int), dtype=object)
@@ -210,25 +155,18 @@ def convert(args, command):
     item_tags = [tag_lists.get(int(k), []) for k in item_keys]
     texts = [make_text(n, t) for n, t in zip(names, item_tags)]
 
-    common.write_outputs(args.out, name, inter, pd.DataFrame({"item_id": items}), pd.DataFrame({
-        "item_id": items, "text": texts, "artist_name": names,
-        "tags": ["|".join(t.replace("|", "/") for t in ts) for ts in item_tags]}))
-
     stats = {
         "name": name, "format": "hetrec-lastfm", "command": command,
-        "raw_rows": int(raw_rows), "malformed_rows": 0, "duplicate_pairs_merged": n_dup,
-        "users": int(inter["user_id"].nunique()), "items": int(len(items)), "rows": int(len(inter)),
-        "pairs": int(len(inter)), "labels": common.label_counts(inter["label"]),
-        "label_rule": args.label_rule, "label_quantile": args.label_quantile,
-        "time": args.time, "pairs_with_tagging_time": int(inter["timed"].sum()),
-        "kcore": int(args.kcore), "kcore_rounds": int(rounds), "rows_removed_by_kcore": int(before - len(inter)),
+        "raw_rows": agg.rows, "malformed_rows": 0, "duplicate_pairs_merged": agg.rows - len(pairs),
+        "pairs": len(inter), "time": args.time, "pairs_with_tagging_time": int(inter["timed"].sum()), **label_stats,
         "artists_in_artists_dat": int(len(artist_names)), "items_without_artist_name": missing_meta,
         "tags_in_tags_dat": int(len(tag_names)), "items_with_tags": int(sum(1 for t in item_tags if t)),
-        "top_tags": int(args.top_tags), "tags_encoding": args.tags_encoding, "tagging": tag_info, "seconds": round(time.time() - t_start, 2),
+        "top_tags": int(args.top_tags), "tags_encoding": args.tags_encoding, "tagging": tag_info,
     }
-    common.write_stats_and_readme(args.out, stats, render_readme(stats))
-    log(f"{stats['users']} users, {stats['items']} artists, {stats['rows']} rows -> {args.out}")
-    return stats
+    item_text = pd.DataFrame({"item_id": items, "text": texts, "artist_name": names,
+                              "tags": ["|".join(t.replace("|", "/") for t in ts) for ts in item_tags]})
+    return common.write_play_count_dataset(args, stats, inter, pd.DataFrame({"item_id": items}), item_text,
+                                           render_readme, t_start, "artists")
 
 
 def make_text(artist, tags):
@@ -241,16 +179,15 @@ def make_text(artist, tags):
 def render_readme(s):
     name = s["name"]
     t = s["tagging"]
-    lab = s["labels"]
     numbers = [
         ("`user_artists.dat` rows (published: 92,834)", s["raw_rows"]),
         ("malformed rows", "0 (a malformed line is an error, nothing is skipped)"),
         ("duplicate (user, artist) rows merged (weights summed)", s["duplicate_pairs_merged"]),
-        ("k-core", f"{s['kcore'] or 'off'} ({s['kcore_rounds']} rounds, {s['rows_removed_by_kcore']} rows removed)"),
+        common.kcore_row(s),
         ("**users** (published: 1,892)", f"**{s['users']}**"),
         ("**items = artists** (published: 17,632)", f"**{s['items']}**"),
         (f"**rows (user-artist pairs) in `{name}.inter`**", f"**{s['rows']}**"),
-        ("label 1 / label 0", f"{lab['positive']} / {lab['negative']} ({lab['positive_pct']}% positive)"),
+        common.play_count_label_row(s["labels"]),
         ("rows with a real tagging time", s["pairs_with_tagging_time"] if s["time"] == "tagging" else "0 (`--time row-order`)"),
         ("tag assignments read / with a tagID missing from tags.dat",
          f"{t.get('assignments', 0)} / {t.get('assignments_with_unknown_tag', 0)}" if t.get("file") else "no tagging file"),
@@ -273,37 +210,14 @@ def render_readme(s):
            "With `--time row-order` every pair's timestamp is its position among the user's rows of "
            "`user_artists.dat` (0, 1, 2, ... in file order): a placeholder, not a time.")
         + " Ties (same user and time) are ordered by artist id.")
-    sections = [
-        f"# {name} — converted HetRec 2011 Last.fm-2k",
-        "",
-        "Generated by `python -m recbole_psrq.data.convert hetrec-lastfm`. **Do not redistribute these files**: "
-        "the HetRec 2011 Last.fm data is made available for non-commercial use only (commercial use: contact "
-        "Last.fm); see the readme.txt of hetrec2011-lastfm-2k.zip. Cite: I. Cantador, P. Brusilovsky, T. Kuflik, "
-        "\"2nd Workshop on Information Heterogeneity and Fusion in Recommender Systems (HetRec 2011)\", RecSys 2011, "
-        "and the Last.fm website (http://www.lastfm.com).",
-        "",
-        "## Command",
-        "",
-        "```",
-        s.get("command") or "(called from Python)",
-        "```",
-        "",
-        "## Numbers",
-        "",
-        common.markdown_table(numbers),
-        "",
-        "## Choices",
-        "",
+    choices = [
         "- **Users / items**: `userID` / `artistID` of `user_artists.dat`, kept as written. Every row is kept "
         "(filtering only with `--kcore`, applied after labelling).",
-        f"- **Label**: {common.describe_label_rule(s['label_rule'], s['label_quantile'], 'play count (weight)')}",
-        "- **play_count** column = `weight`. It is written to the file but not listed under `load_col` in "
-        f"`{name}.yaml`: the label is computed from it, so a model must not see it.",
+        *common.play_count_label_choices(s, "play count (weight)", source="`weight`"),
         f"- **Time**: {time_text}",
         "- `user_friends.dat` is not used.",
-        "",
-        "## Item text",
-        "",
+    ]
+    item_text = (
         f"Template: `{TEXT_TEMPLATE}` (no tags: `{TEXT_TEMPLATE_NO_TAGS}`; artist missing from artists.dat: "
         f"`{UNKNOWN_ARTIST}`). Tags: "
         + ("none (`--top-tags 0`). " if not s["top_tags"] else
@@ -311,19 +225,19 @@ def render_readme(s):
            "the tag to that artist (ties: smaller tagID first), from "
            f"`{t.get('file') or 'no tagging file'}`; assignments whose tagID is not in tags.dat are skipped "
            "(counted above). ")
-        + f"Tag names come from `tags.dat`, read as {s['tags_encoding']}. Tabs/newlines in names become spaces.",
-        "",
-        "## Files",
-        "",
-        f"- `{name}.inter` — `user_id:token item_id:token timestamp:float label:float play_count:float`, sorted by "
-        "user (numeric), time, item.",
-        f"- `{name}.item` — `item_id:token` (artistID).",
-        f"- `{name}.item_text.tsv` — `item_id text artist_name tags` (tags joined by `|`).",
-        f"- `{name}.yaml` — the RecBole dataset config (`--config_files`); no audio ships with this dataset, "
-        "text embeddings are made later by an encoder.",
-        f"- `{name}.stats.json` — all numbers of this page.",
-        "",
-        f"Conversion time: {s['seconds']} s.",
-        "",
+        + f"Tag names come from `tags.dat`, read as {s['tags_encoding']}. Tabs/newlines in names become spaces.")
+    sections = [
+        ("Choices", ["\n".join(choices)]),
+        ("Item text", [item_text]),
+        common.play_count_files_section(s, "`item_id:token` (artistID)",
+                                        "`item_id text artist_name tags` (tags joined by `|`)",
+                                        inter_note=", sorted by user (numeric), time, item"),
     ]
-    return "\n".join(sections)
+    intro = (
+        "Generated by `python -m recbole_psrq.data.convert hetrec-lastfm`. **Do not redistribute these files**: "
+        "the HetRec 2011 Last.fm data is made available for non-commercial use only (commercial use: contact "
+        "Last.fm); see the readme.txt of hetrec2011-lastfm-2k.zip. Cite: I. Cantador, P. Brusilovsky, T. Kuflik, "
+        "\"2nd Workshop on Information Heterogeneity and Fusion in Recommender Systems (HetRec 2011)\", RecSys 2011, "
+        "and the Last.fm website (http://www.lastfm.com).")
+    return common.render_readme(f"{name} — converted HetRec 2011 Last.fm-2k", intro, s.get("command"), numbers,
+                                sections)

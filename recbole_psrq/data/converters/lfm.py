@@ -25,12 +25,11 @@ import numpy as np
 import pandas as pd
 
 from recbole_psrq.data.converters import common
-from recbole_psrq.data.mpd import make_text, normalize_name
+from recbole_psrq.data.converters.common import NAME_ID_PREFIX, UNKNOWN_ARTIST_ID
+from recbole_psrq.data.mpd import make_text
 from recbole_psrq.errors import ConfigError, DataFormatError
 
 TEXT_TEMPLATE = "{track} by {artist}."
-NAME_ID_PREFIX = "nm:"
-UNKNOWN_ARTIST_ID = "[unknown]"
 
 LFM1B = {
     "dataset": "LFM-1b",
@@ -53,11 +52,7 @@ LFM2B_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 def add_arguments(parser, fmt):
-    parser.add_argument("--label-rule", choices=common.LABEL_RULES, default=None,
-                        help="repeat (play count >= 2 -> 1; default) or user-median (play count >= the user's "
-                             "median -> 1)")
-    parser.add_argument("--label-quantile", type=float, default=0.5,
-                        help="quantile of the user's play counts used by user-median (default 0.5)")
+    common.add_label_arguments(parser)
     parser.add_argument("--chunk-rows", type=int, default=5_000_000, help="lines read per chunk")
     if fmt == "lfm-2b":
         parser.add_argument("--counts", action="store_true",
@@ -65,18 +60,10 @@ def add_arguments(parser, fmt):
                                  "listening-events.tsv.bz2 exists")
 
 
-def _optional(src, name, dataset):
-    try:
-        return common.find_input(src, name, dataset=dataset)
-    except DataFormatError:
-        return None
-
-
-def _has_header(path, first_column):
-    """Whether the first line is a header (its first field is not an integer), for files documented without
-    one; a header copy of the documented names is tolerated."""
-    header = common.read_header(path)
-    return bool(header) and header[0] != "" and not header[0].lstrip("-").isdigit() and header[0] == first_column
+def _has_header(path, columns):
+    """Whether the first line is a header, for files documented without one: a copy of the documented names
+    is tolerated."""
+    return common.read_header(path)[0] == columns[0]
 
 
 def _columns_from_header(path, required, fix):
@@ -88,97 +75,21 @@ def _columns_from_header(path, required, fix):
     return header
 
 
-class _FirstValue:
-    """key -> value of its first occurrence across chunks (int64 keys and values)."""
-
-    def __init__(self, compact_rows=20_000_000):
-        self.parts, self.pending, self.compact_rows = [], 0, compact_rows
-
-    def add(self, keys, values):
-        part = pd.DataFrame({"key": keys, "value": values}).drop_duplicates("key")
-        self.parts.append(part)
-        self.pending += len(part)
-        if self.pending > self.compact_rows and len(self.parts) > 1:
-            self.parts = [pd.concat(self.parts).drop_duplicates("key")]
-            self.pending = len(self.parts[0])
-
-    def result(self):
-        if not self.parts:
-            return pd.Series(dtype=np.int64)
-        return pd.concat(self.parts).drop_duplicates("key").set_index("key")["value"]
-
-
-def read_events(path, columns, user, item, time_column, header, conf, chunk_rows, log, time_format=None,
-                artist=None):
-    """Stream listening events into a :class:`common.PlayAggregator`; returns (aggregator, first artist per
-    track or None)."""
-    use = [user, item, time_column] + ([artist] if artist else [])
-    ints = [user, item] + ([artist] if artist else []) + ([] if time_format else [time_column])
-    agg = common.PlayAggregator()
-    first_artist = _FirstValue() if artist else None
-    times = {time_column: time_format} if time_format else None
-    for frame, first_line in common.iter_chunks(path, columns, use=use, int_columns=ints, time_columns=times,
-                                                header=header, chunk_rows=chunk_rows, fix=conf["fix"]):
-        if time_format:
-            parsed = pd.to_datetime(frame[time_column], format=time_format, errors="coerce", utc=True)
-            if parsed.isna().any():
-                common.locate_bad_line(path, columns, ints, times, header, fix=conf["fix"])
-                raise DataFormatError(f"{path}: an unparseable '{time_column}' in the lines from {first_line} on. "
-                                      f"{conf['fix']}")
-            seconds = (parsed.astype("int64") // 10**9).to_numpy(np.float64)
-        else:
-            seconds = frame[time_column].to_numpy(np.float64)
-        agg.add(frame[user].to_numpy(), frame[item].to_numpy(), seconds)
-        if first_artist is not None:
-            first_artist.add(frame[item].to_numpy(), frame[artist].to_numpy())
-        log(f"{os.path.basename(path)}: {agg.events} events")
-    return agg, (first_artist.result() if first_artist is not None else None)
-
-
-def read_counts(path, columns, conf, chunk_rows, log):
-    """listening-counts -> DataFrame user, item, time (= row position within the user), count; duplicates
-    merged (counts summed, first position kept). Returns (frame, raw rows, duplicate rows)."""
-    parts = []
-    for frame, _ in common.iter_chunks(path, columns, use=["user_id", "track_id", "count"],
-                                       int_columns=["user_id", "track_id", "count"], header=True,
-                                       chunk_rows=chunk_rows, fix=conf["fix"]):
-        parts.append(frame)
-        log(f"{os.path.basename(path)}: {sum(len(p) for p in parts)} rows")
-    if not parts:
-        raise DataFormatError(f"{path}: no rows after the header. {conf['fix']}")
-    rows = pd.concat(parts, ignore_index=True)
-    negative = np.flatnonzero(rows["count"].to_numpy() < 0)
-    if len(negative):
-        raise DataFormatError(f"{path}: data row {int(negative[0]) + 1} (user_id {rows['user_id'].iloc[negative[0]]}, "
-                              f"track_id {rows['track_id'].iloc[negative[0]]}) has the negative count "
-                              f"{rows['count'].iloc[negative[0]]}. {conf['fix']}")
-    raw = len(rows)
-    rows["pos"] = rows.groupby("user_id", sort=False).cumcount()
-    merged = rows.groupby(["user_id", "track_id"], sort=False).agg(count=("count", "sum"), pos=("pos", "min"))
-    merged = merged.reset_index()
-    merged["time"] = merged.groupby("user_id", sort=False)["pos"].rank(method="first").to_numpy(np.float64) - 1
-    merged = merged.rename(columns={"user_id": "user", "track_id": "item"})
-    return merged[["user", "item", "time", "count"]], raw, raw - len(merged)
+def _progress(args, path, what):
+    name = os.path.basename(path)
+    return lambda agg: common.log(args, f"{name}: {getattr(agg, what)} {what}")
 
 
 def read_names(path, columns, key, wanted, values, header, conf, chunk_rows, int_columns=()):
     """Rows of a metadata file whose ``key`` is in ``wanted`` (first occurrence), as a DataFrame indexed by key.
     Name columns may be empty."""
     wanted = np.asarray(wanted, dtype=np.int64)
-    parts = []
-    for frame, _ in common.iter_chunks(path, columns, use=[key] + values, int_columns=[key, *int_columns],
-                                       header=header, chunk_rows=chunk_rows, fix=conf["fix"],
-                                       optional_columns=[c for c in values if c not in int_columns]):
-        parts.append(frame[np.isin(frame[key].to_numpy(), wanted)])
+    parts = [frame[np.isin(frame[key].to_numpy(), wanted)]
+             for frame, _ in common.iter_table(path, columns, header=header, use=[key] + values,
+                                               int_columns=[key, *int_columns], chunk_rows=chunk_rows, fix=conf["fix"])]
     if not parts:
         return pd.DataFrame(columns=values)
-    found = pd.concat(parts, ignore_index=True).drop_duplicates(key)
-    return found.set_index(key)
-
-
-def artist_id_from_name(name):
-    key = normalize_name(name)
-    return common.stable_id(NAME_ID_PREFIX, key) if key else UNKNOWN_ARTIST_ID
+    return pd.concat(parts, ignore_index=True).drop_duplicates(key).set_index(key)
 
 
 def convert(args, command):
@@ -186,27 +97,10 @@ def convert(args, command):
     fmt = getattr(args, "format", None)
     if fmt not in ("lfm-1b", "lfm-2b"):
         raise ConfigError(f"recbole_psrq.data.converters.lfm converts lfm-1b or lfm-2b, got {fmt!r}.")
-    name = common.check_name(args.name)
-    if args.chunk_rows < 1:
-        raise ConfigError(f"--chunk-rows must be >= 1, got {args.chunk_rows}.")
-    if not 0.0 <= args.label_quantile <= 1.0:
-        raise ConfigError(f"--label-quantile must be in [0, 1], got {args.label_quantile}.")
-    log = (lambda msg: None) if args.no_progress else (lambda msg: print(f"[{fmt}] {msg}", flush=True))
+    name = common.check_args(args)
     stats = {"name": name, "format": fmt, "command": command, "malformed_rows": 0}
-    if fmt == "lfm-1b":
-        pairs, item_meta, info = _lfm1b(args, log)
-    else:
-        pairs, item_meta, info = _lfm2b(args, log)
-    rule = args.label_rule or "repeat"
-
-    inter = pd.DataFrame({"user_id": pairs["user"].astype(str).to_numpy(), "item_id": pairs["item"].astype(str).to_numpy(),
-                          "timestamp": pairs["time"].to_numpy(np.float64),
-                          "play_count": pairs["count"].to_numpy(np.float64)})
-    inter["label"] = common.apply_label_rule(rule, inter["user_id"].to_numpy(), inter["play_count"].to_numpy(),
-                                             args.label_quantile)
-    n_pairs = len(inter)
-    inter, rounds = common.kcore(inter, args.kcore)
-    inter = common.sort_inter(inter)
+    pairs, item_meta, info = (_lfm1b if fmt == "lfm-1b" else _lfm2b)(args)
+    inter, label_stats = common.label_play_counts(pairs, args)
 
     item_keys = np.sort(inter["item_id"].astype(np.int64).unique())
     meta = item_meta(item_keys)  # adds its counts to info
@@ -214,82 +108,80 @@ def convert(args, command):
     item_ids = item_keys.astype(str)
     tracks = meta["track_name"].fillna("").map(common.clean_text).to_numpy()
     artists = meta["artist_name"].fillna("").map(common.clean_text).to_numpy()
-    common.write_outputs(
-        args.out, name, inter, pd.DataFrame({"item_id": item_ids, "artist_id": meta["artist_id"].to_numpy()}),
+    stats.update(pairs=len(pairs), items_without_track_name=int((tracks == "").sum()),
+                 items_without_artist_name=int((artists == "").sum()), **label_stats)
+    return common.write_play_count_dataset(
+        args, stats, inter, pd.DataFrame({"item_id": item_ids, "artist_id": meta["artist_id"].to_numpy()}),
         pd.DataFrame({"item_id": item_ids, "text": [make_text(t, a, []) for t, a in zip(tracks, artists)],
-                      "track_name": tracks, "artist_name": artists}))
-    stats.update({
-        "pairs": int(n_pairs), "users": int(inter["user_id"].nunique()), "items": int(len(item_ids)),
-        "rows": int(len(inter)), "labels": common.label_counts(inter["label"]), "label_rule": rule,
-        "label_quantile": args.label_quantile, "kcore": int(args.kcore), "kcore_rounds": int(rounds),
-        "rows_removed_by_kcore": int(n_pairs - len(inter)),
-        "items_without_track_name": int((tracks == "").sum()), "items_without_artist_name": int((artists == "").sum()),
-        "seconds": round(time.time() - t_start, 2),
-    })
-    common.write_stats_and_readme(args.out, stats, render_readme(stats))
-    log(f"{stats['users']} users, {stats['items']} tracks, {stats['rows']} rows -> {args.out}")
-    return stats
+                      "track_name": tracks, "artist_name": artists}), render_readme, t_start, "tracks")
 
 
-def _lfm1b(args, log):
+def _lfm1b(args):
     conf = LFM1B
     file, columns = conf["events"]
     path = common.find_input(args.src, file, dataset=conf["dataset"], hint=conf["hint"])
-    header = _has_header(path, columns[0])
-    agg, first_artist = read_events(path, columns, "user-id", "track-id", "timestamp", header, conf,
-                                    args.chunk_rows, log, artist="artist-id")
+    agg = common.aggregate_events(path, columns, "user-id", "track-id", "timestamp", header=_has_header(path, columns),
+                                  int_columns=["user-id", "track-id", "artist-id"], time_format="unix",
+                                  item_firsts=["artist-id"], chunk_rows=args.chunk_rows, fix=conf["fix"],
+                                  progress=_progress(args, path, "events"))
     if agg.events == 0:
         raise DataFormatError(f"{path}: no listening events. {conf['fix']}")
-    pairs = agg.result()
+    first_artist = agg.item_firsts()["artist-id"]
     tracks_file, tracks_cols = conf["tracks"]
     artists_file, artists_cols = conf["artists"]
     tracks_path = common.find_input(args.src, tracks_file, dataset=conf["dataset"], hint=conf["hint"])
     artists_path = common.find_input(args.src, artists_file, dataset=conf["dataset"], hint=conf["hint"])
     info = {"source": "events", "files": [os.path.basename(p) for p in (path, tracks_path, artists_path)],
-            "raw_events": int(agg.events), "raw_users": int(pairs["user"].nunique()),
-            "raw_items": int(pairs["item"].nunique())}
+            "raw_events": int(agg.events), "raw_users": len(agg.users), "raw_items": len(agg.items)}
 
     def item_meta(keys):
-        artist_ids = first_artist.reindex(keys).to_numpy()
+        artist_ids = first_artist.reindex(keys).to_numpy(dtype=np.int64)
         found = read_names(tracks_path, tracks_cols, "track-id", keys, ["track-name", "artist-id"],
-                           _has_header(tracks_path, tracks_cols[0]), conf, args.chunk_rows, int_columns=["artist-id"])
+                           _has_header(tracks_path, tracks_cols), conf, args.chunk_rows, int_columns=["artist-id"])
         found = found.reindex(keys)
         info["items_missing_from_tracks_file"] = int(found["track-name"].isna().sum())
         listed = found["artist-id"].to_numpy(dtype=float)
         info["items_whose_tracks_file_artist_differs"] = int(
             (~np.isnan(listed) & (listed != artist_ids.astype(float))).sum())
         names = read_names(artists_path, artists_cols, "artist-id", np.unique(artist_ids), ["artist-name"],
-                           _has_header(artists_path, artists_cols[0]), conf, args.chunk_rows)
+                           _has_header(artists_path, artists_cols), conf, args.chunk_rows)
         artist_names = names["artist-name"].reindex(artist_ids).to_numpy()
         return pd.DataFrame({"track_name": found["track-name"].to_numpy(), "artist_name": artist_names,
-                             "artist_id": artist_ids.astype(np.int64).astype(str)})
+                             "artist_id": artist_ids.astype(str)})
 
-    return pairs, item_meta, info
+    return agg.result(), item_meta, info
 
 
-def _lfm2b(args, log):
+def _lfm2b(args):
     conf = LFM2B
-    events_path = _optional(args.src, conf["events"], conf["dataset"])
-    counts_path = _optional(args.src, conf["counts"], conf["dataset"])
-    use_counts = args.counts or events_path is None
-    if use_counts:
+    events_path = common.find_optional(args.src, conf["events"])
+    counts_path = common.find_optional(args.src, conf["counts"])
+    if args.counts or events_path is None:
         if counts_path is None:
             raise DataFormatError(
                 f"{conf['dataset']}: " + ("--counts was given but " if args.counts else "neither listening-events "
                                           "nor ") + f"listening-counts.tsv(.bz2) was found in {args.src}. {conf['hint']}")
         columns = _columns_from_header(counts_path, ["user_id", "track_id", "count"], conf["fix"])
-        pairs, raw, dup = read_counts(counts_path, columns, conf, args.chunk_rows, log)
-        info = {"source": "counts", "files": [os.path.basename(counts_path)], "raw_count_rows": int(raw),
-                "duplicate_count_rows_merged": int(dup), "raw_events": int(pairs["count"].sum())}
+        agg = common.aggregate_events(counts_path, columns, "user_id", "track_id", count_column="count",
+                                      int_columns=["user_id", "track_id"], chunk_rows=args.chunk_rows,
+                                      fix=conf["fix"], progress=_progress(args, counts_path, "rows"))
+        if agg.rows == 0:
+            raise DataFormatError(f"{counts_path}: no rows after the header. {conf['fix']}")
+        pairs = agg.result()
+        pairs["timestamp"] = common.position_in_user(pairs)  # no time in the file
+        info = {"source": "counts", "files": [os.path.basename(counts_path)], "raw_count_rows": agg.rows,
+                "duplicate_count_rows_merged": agg.rows - len(pairs), "raw_events": int(agg.events)}
     else:
         columns = _columns_from_header(events_path, ["user_id", "track_id", "timestamp"], conf["fix"])
-        agg, _ = read_events(events_path, columns, "user_id", "track_id", "timestamp", True, conf,
-                             args.chunk_rows, log, time_format=LFM2B_TIME_FORMAT)
+        agg = common.aggregate_events(events_path, columns, "user_id", "track_id", "timestamp",
+                                      int_columns=["user_id", "track_id"], time_format=LFM2B_TIME_FORMAT,
+                                      chunk_rows=args.chunk_rows, fix=conf["fix"],
+                                      progress=_progress(args, events_path, "events"))
         if agg.events == 0:
             raise DataFormatError(f"{events_path}: no listening events after the header. {conf['fix']}")
         pairs = agg.result()
         info = {"source": "events", "files": [os.path.basename(events_path)], "raw_events": int(agg.events)}
-    info.update({"raw_users": int(pairs["user"].nunique()), "raw_items": int(pairs["item"].nunique())})
+    info.update({"raw_users": len(agg.users), "raw_items": len(agg.items)})
     tracks_path = common.find_input(args.src, conf["tracks"], dataset=conf["dataset"], hint=conf["hint"])
     info["files"].append(os.path.basename(tracks_path))
     tracks_cols = _columns_from_header(tracks_path, ["track_id", "track_name"], conf["fix"])
@@ -308,7 +200,7 @@ def _lfm2b(args, log):
                 r"\s+", "_", regex=True).to_numpy()
             info["artist_id_source"] = "the artist_id column of the tracks file"
         else:
-            artist_ids = np.array([artist_id_from_name(a) for a in artist_names.fillna("")], dtype=object)
+            artist_ids = np.array([common.artist_id_from_name(a) for a in artist_names.fillna("")], dtype=object)
             info["artist_id_source"] = "derived from the normalised artist_name"
         return pd.DataFrame({"track_name": found["track_name"].to_numpy(), "artist_name": artist_names.to_numpy(),
                              "artist_id": artist_ids})
@@ -318,7 +210,6 @@ def _lfm2b(args, log):
 
 def render_readme(s):
     name = s["name"]
-    lab = s["labels"]
     is_1b = s["format"] == "lfm-1b"
     title = "LFM-1b" if is_1b else "LFM-2b"
     events = s["source"] == "events"
@@ -347,11 +238,11 @@ def render_readme(s):
         ("malformed lines", "0 (a malformed line is an error, nothing is skipped)"),
         ("users / tracks in the input", f"{s['raw_users']} / {s['raw_items']}"),
         ("(user, track) pairs", s["pairs"]),
-        ("k-core", f"{s['kcore'] or 'off'} ({s['kcore_rounds']} rounds, {s['rows_removed_by_kcore']} rows removed)"),
+        common.kcore_row(s),
         ("**users**", f"**{s['users']}**"),
         ("**items = tracks**", f"**{s['items']}**"),
         (f"**rows in `{name}.inter`**", f"**{s['rows']}**"),
-        ("label 1 / label 0", f"{lab['positive']} / {lab['negative']} ({lab['positive_pct']}% positive)"),
+        common.play_count_label_row(s["labels"]),
         ("tracks missing from the tracks file (text uses placeholders)", s.get("items_missing_from_tracks_file", 0)),
         ("tracks without a track name / artist name", f"{s['items_without_track_name']} / {s['items_without_artist_name']}"),
     ]
@@ -371,23 +262,7 @@ def render_readme(s):
                    f"`artist_id` {s.get('artist_id_source', '')}: `{NAME_ID_PREFIX}` + sha1(normalised name)[:16] "
                    f"(normalised = NFKC, lower-case, collapsed whitespace; `{UNKNOWN_ARTIST_ID}` without a name) unless "
                    "the tracks file has an artist_id column; names from `tracks.tsv`")
-    lines = [
-        f"# {name} — converted {title}",
-        "",
-        f"Generated by `python -m recbole_psrq.data.convert {s['format']}`. {licence}",
-        "",
-        "## Command",
-        "",
-        "```",
-        s.get("command") or "(called from Python)",
-        "```",
-        "",
-        "## Numbers",
-        "",
-        common.markdown_table(numbers),
-        "",
-        "## Choices",
-        "",
+    choices = [
         "- **Parsing**: TAB-separated, no quoting, LF or CRLF, compressed files read directly; "
         + ("no header (a first line naming the documented columns is skipped). " if is_1b else
            "columns found by name in the header line. ")
@@ -395,28 +270,17 @@ def render_readme(s):
         "conversion with an error naming the file and the line.",
         "- **Users / items**: the numeric user and track ids, as written.",
         aggregation,
-        f"- **Label**: {common.describe_label_rule(s['label_rule'], s['label_quantile'])}",
-        "- **play_count** is written to the file but not listed under `load_col` in "
-        f"`{name}.yaml`: the label is computed from it, so a model must not see it.",
+        *common.play_count_label_choices(s),
         "- **Filtering**: none; every valid row is kept. `--kcore` (users and tracks, after labelling) is opt-in.",
         "- **Order**: rows sorted by user (numeric), time, track id.",
         f"- **Artists**: {artist_text}.",
-        "",
-        "## Item text",
-        "",
-        f"Template: `{TEXT_TEMPLATE}` (`(untitled)` / `(unknown artist)` for a missing name); tabs/newlines become "
-        "spaces.",
-        "",
-        "## Files",
-        "",
-        f"- `{name}.inter` — `user_id:token item_id:token timestamp:float label:float play_count:float`.",
-        f"- `{name}.item` — `item_id:token artist_id:token`.",
-        f"- `{name}.item_text.tsv` — `item_id text track_name artist_name`.",
-        f"- `{name}.yaml` — the RecBole dataset config (`--config_files`); no audio ships with this dataset, "
-        "text embeddings are made later by an encoder.",
-        f"- `{name}.stats.json` — all numbers of this page.",
-        "",
-        f"Conversion time: {s['seconds']} s.",
-        "",
     ]
-    return "\n".join(lines)
+    sections = [
+        ("Choices", ["\n".join(choices)]),
+        ("Item text", [f"Template: `{TEXT_TEMPLATE}` (`(untitled)` / `(unknown artist)` for a missing name); "
+                       "tabs/newlines become spaces."]),
+        common.play_count_files_section(s, "`item_id:token artist_id:token`", "`item_id text track_name artist_name`"),
+    ]
+    return common.render_readme(f"{name} — converted {title}",
+                                f"Generated by `python -m recbole_psrq.data.convert {s['format']}`. {licence}",
+                                s.get("command"), numbers, sections)

@@ -30,7 +30,6 @@ Output (``--out``, named like the dataset; see :mod:`recbole_psrq.data.converter
 - ``<name>.yaml``, ``<name>.stats.json``, ``README.md``.
 """
 import os
-import sys
 import time
 import unicodedata
 
@@ -55,6 +54,7 @@ TEXT_TEMPLATE = "{song} by {artist}. Album: {album}. Genres: {genres}. Tags: {ta
 HINT = ("Pass --src pointing at the unpacked Music4All folder (it holds listening_history.csv, "
         "id_information.csv, id_metadata.csv, ...); the dataset is distributed by its authors on request.")
 FIX = "Music4All files are TAB-separated with a header; check that the file is the unmodified original."
+TIME_FIX = "Expected date-times like 2019-02-20 12:28 or 2019-02-20 12:28:05 (read as UTC)."
 LICENCE = (
     "**Do not commit or redistribute these files.** Music4All is distributed by its authors on request, for "
     "non-commercial research only, under an agreement that forbids redistribution; the converted files hold "
@@ -65,47 +65,14 @@ PUBLISHED_EVENTS = 5_109_592
 
 
 def add_arguments(parser, fmt=None):
-    parser.add_argument("--label-rule", choices=["repeat", "user-median"], default="repeat",
-                        help="repeat (default, the paper's rule): a song the user played >= 2 times = 1, once "
-                             "= 0; user-median: play count >= the user's median play count = 1")
+    common.add_label_arguments(parser, quantile=False)
     parser.add_argument("--lyrics-chars", type=int, default=DEFAULT_LYRICS_CHARS,
                         help=f"characters of lyrics appended to the item text (default {DEFAULT_LYRICS_CHARS}, "
                              "cut at a word boundary; 0 = no lyrics)")
 
 
-def log(args, message):
-    if not getattr(args, "no_progress", False):
-        print(f"[{getattr(args, 'format', 'convert')}] {message}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------------------- events
-def aggregate_event_file(path, columns, user_col, item_col, time_col, chunksize=500_000, fix=FIX,
-                         on_chunk=None):
-    """Stream a ``user item timestamp`` event file into a :class:`common.EventAggregator`."""
-    agg = common.EventAggregator()
-    for frame, lines in common.iter_table_chunks(path, columns, chunksize=chunksize, dataset=DATASET, fix=fix):
-        users, items = frame[user_col].to_numpy(), frame[item_col].to_numpy()
-        for values, col in ((users, user_col), (items, item_col)):
-            empty = np.flatnonzero(pd.Series(values).str.strip().eq("").to_numpy())
-            if len(empty):
-                raise DataFormatError(f"{path}, line {int(lines[empty[0]])}: empty '{col}'. {fix}")
-        times = common.parse_datetimes(frame[time_col].to_numpy(), lines, path, time_col)
-        agg.add(users, items, times)
-        if on_chunk:
-            on_chunk(agg)
-    return agg
-
-
-def label(pairs, rule):
-    """Label column for aggregated pairs (``play_count``) by ``rule`` (repeat | user-median)."""
-    if rule == "repeat":
-        return common.repeat_labels(pairs["play_count"].to_numpy())
-    if rule == "user-median":
-        return common.per_user_threshold_labels(pairs["user_id"].to_numpy(), pairs["play_count"].to_numpy())[0]
-    raise ConfigError(f"--label-rule {rule!r}: use repeat or user-median.")
-
-
-LABEL_RULES = {
+# README wording of the label rules (pairs aggregated from listening events)
+LABEL_RULE_TEXT = {
     "repeat": "label 1 = the user played the item at least twice (play_count >= 2), 0 = played once "
               "(the paper's Music4All rule)",
     "user-median": "label 1 = play_count >= the median play count of the user's pairs, else 0 (a user with "
@@ -117,14 +84,7 @@ LABEL_RULES = {
 def read_keyed_table(path, columns, stats, key="id"):
     """Small metadata table -> (frame of str, file line per row) with the first row of each id kept;
     duplicates counted in ``stats['duplicate_ids'][file]``."""
-    frames, lines = [], []
-    for frame, ln in common.iter_table_chunks(path, columns, chunksize=10**7, dataset=DATASET, fix=FIX):
-        frames.append(frame)
-        lines.append(ln)
-    if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns}), np.zeros(0, dtype=np.int64)
-    frame = pd.concat(frames, ignore_index=True)
-    lines = np.concatenate(lines)
+    frame, lines = common.read_table(path, columns, header=True, fix=FIX)
     frame[key] = frame[key].str.strip()
     dup = frame.duplicated(key, keep="first").to_numpy()
     if dup.any():
@@ -218,7 +178,7 @@ def build_catalogue(src, item_ids, lyrics_chars=DEFAULT_LYRICS_CHARS, require_in
     if require_info:
         info_path = common.find_input(src, INFO_FILE, dataset=DATASET, hint=HINT)
     else:
-        info_path = _optional(src, INFO_FILE)
+        info_path = common.find_optional(src, INFO_FILE)
     info = {}
     if info_path:
         stats["files"]["information"] = os.path.basename(info_path)
@@ -227,7 +187,7 @@ def build_catalogue(src, item_ids, lyrics_chars=DEFAULT_LYRICS_CHARS, require_in
         info = {r.id: (r.song, r.artist, r.album_name) for r in frame.itertuples(index=False)}
     lists = {}
     for kind, fname in (("genres", GENRES_FILE), ("tags", TAGS_FILE), ("lang", LANG_FILE)):
-        path = _optional(src, fname)
+        path = common.find_optional(src, fname)
         lists[kind] = {}
         if path is None:
             continue
@@ -262,13 +222,6 @@ def build_catalogue(src, item_ids, lyrics_chars=DEFAULT_LYRICS_CHARS, require_in
     return item_frame, text_frame, stats
 
 
-def _optional(src, name):
-    try:
-        return common.find_input(src, name, dataset=DATASET)
-    except DataFormatError:
-        return None
-
-
 def read_audio(path, item_ids):
     """Audio matrix of ``item_ids`` from ``id_metadata.csv``: (ids, raw matrix, stats). Items without a
     metadata row or with an empty audio field get no vector; a non-numeric field is an error."""
@@ -287,62 +240,22 @@ def read_audio(path, item_ids):
 
 
 # ------------------------------------------------------------------------------------------- convert
-def finish_interactions(pairs, args, stats):
-    """k-core + labels on aggregated pairs (in place in ``stats``); returns the .inter frame."""
-    stats["kcore"] = args.kcore
-    before = len(pairs)
-    pairs, rounds = common.kcore(pairs, args.kcore) if args.kcore else (pairs.reset_index(drop=True), 0)
-    stats["kcore_rounds"] = rounds
-    stats["rows_removed_by_kcore"] = before - len(pairs)
-    pairs = pairs.copy()
-    pairs["label"] = label(pairs, args.label_rule)
-    stats["label_rule"] = args.label_rule
+def label_pairs(pairs, args, stats):
+    """Labels by ``--label-rule`` from all of a user's pairs, then the opt-in k-core (stats updated in place)."""
+    pairs, kcore_stats = common.label_and_kcore(pairs, args.label_rule, args.kcore)
+    stats.update(kcore_stats)
     return pairs
 
 
 def count_stats(inter, stats):
     n = len(inter)
+    labels = common.label_counts(inter["label"])
     stats["rows"] = n
     stats["users"] = int(inter["user_id"].nunique())
     stats["items"] = int(inter["item_id"].nunique())
-    stats["label_positive"] = int((inter["label"] == 1).sum())
-    stats["label_negative"] = n - stats["label_positive"]
-    stats["positive_fraction"] = round(stats["label_positive"] / n, 4) if n else 0.0
+    stats["label_positive"], stats["label_negative"] = labels["positive"], labels["negative"]
+    stats["positive_fraction"] = round(labels["positive"] / n, 4) if n else 0.0
     return stats
-
-
-def write_outputs(out, name, inter, inter_types, item_frame, item_types, text_frame, embeddings):
-    """Atomic files + embeddings + yaml. ``embeddings``: {file suffix: (ids, matrix, dtype)}."""
-    from recbole_psrq.data.embeddings import save_item_embeddings
-
-    common.write_atomic_file(os.path.join(out, f"{name}.inter"), integral_as_int(inter, inter_types), inter_types)
-    common.write_atomic_file(os.path.join(out, f"{name}.item"), integral_as_int(item_frame, item_types), item_types)
-    common.write_item_text(os.path.join(out, f"{name}.item_text.tsv"), text_frame)
-    for suffix, (ids, matrix, dtype) in embeddings.items():
-        save_item_embeddings(os.path.join(out, f"{name}.{suffix}.npz"), ids, matrix, dtype=dtype)
-
-
-def integral_as_int(frame, types):
-    """Float columns holding only whole numbers -> int64 for writing: same text as ``%.10g`` for the values
-    of these files (< 1e10), and pandas writes ints many times faster than it formats floats."""
-    frame = frame.copy()
-    for column, kind in types.items():
-        if kind != "float" or frame[column].dtype.kind not in "fi":
-            continue
-        values = frame[column].to_numpy(dtype=np.float64)
-        if len(values) and np.isfinite(values).all() and (values == np.round(values)).all() \
-                and np.abs(values).max() < 1e10:
-            frame[column] = values.astype(np.int64)
-    return frame
-
-
-def yaml_embedding_files(out, name, audio_suffix=None):
-    files = {}
-    if os.path.isfile(os.path.join(out, f"{name}.text.npz")):
-        files["text"] = f"{name}.text.npz"
-    if audio_suffix:
-        files["audio"] = f"{name}.{audio_suffix}.npz"
-    return files
 
 
 def iso_day(seconds):
@@ -350,16 +263,16 @@ def iso_day(seconds):
 
 
 def convert(args, command):
-    name = common.check_name(args.name)
+    name = common.check_args(args)
     out = args.out
     src = args.src
     if args.lyrics_chars < 0:
         raise ConfigError(f"--lyrics-chars must be >= 0, got {args.lyrics_chars}.")
     events_path = common.find_input(src, EVENTS_FILE, dataset=DATASET, hint=HINT)
     common.find_input(src, INFO_FILE, dataset=DATASET, hint=HINT)  # fail early, before the long read
-    log(args, f"reading {events_path}")
-    agg = aggregate_event_file(events_path, EVENT_COLUMNS, "user", "song", "timestamp",
-                               on_chunk=lambda a: log(args, f"  {a.rows:,} events"))
+    common.log(args, f"reading {events_path}")
+    agg = common.aggregate_events(events_path, EVENT_COLUMNS, "user", "song", "timestamp", fix=FIX, time_fix=TIME_FIX,
+                                  progress=lambda a: common.log(args, f"  {a.rows:,} events"))
     pairs = agg.result()
     stats = {"name": name, "format": "music4all", "command": command, "src": src,
              "events_file": os.path.basename(events_path), "raw_events": agg.rows,
@@ -370,15 +283,15 @@ def convert(args, command):
     if len(pairs) == 0:
         raise DataFormatError(f"{events_path}: no listening events after the header. {FIX}")
     stats["first_event"], stats["last_event"] = iso_day(pairs["timestamp"].min()), iso_day(pairs["timestamp"].max())
-    pairs = finish_interactions(pairs, args, stats)
+    pairs = label_pairs(pairs, args, stats)
     count_stats(pairs, stats)
     items = np.sort(pd.unique(pairs["item_id"]).astype(str))
-    log(args, f"{stats['rows']:,} pairs of {stats['users']:,} users and {stats['items']:,} songs; item text")
+    common.log(args, f"{stats['rows']:,} pairs of {stats['users']:,} users and {stats['items']:,} songs; item text")
     item_frame, text_frame, cat = build_catalogue(src, items, args.lyrics_chars)
     cat["lyrics_chars"] = args.lyrics_chars
     stats["catalogue"] = cat
     embeddings = {}
-    meta_path = _optional(src, META_FILE)
+    meta_path = common.find_optional(src, META_FILE)
     if meta_path:
         ids, raw, audio = read_audio(meta_path, items)
         if len(ids):
@@ -390,15 +303,10 @@ def convert(args, command):
         stats["audio"] = audio
     else:
         stats["audio"] = None
-    inter = pairs.assign(play_count=pairs["play_count"].astype(np.float64))
-    inter_types = {"user_id": "token", "item_id": "token", "timestamp": "float", "label": "float",
-                   "play_count": "float"}
-    item_types = {"item_id": "token", "artist_id": "token", "genre": "token"}
-    write_outputs(out, name, inter, inter_types, item_frame, item_types, text_frame, embeddings)
-    common.write_dataset_yaml(out, name, ["user_id", "item_id", "timestamp", "label"], list(item_types),
-                              yaml_embedding_files(out, name, "audio" if "audio" in embeddings else None))
+    common.write_outputs(out, name, pairs, item_frame, text_frame, extra_inter=["play_count"], embeddings=embeddings,
+                         audio="audio" if "audio" in embeddings else None)
     common.write_stats_and_readme(out, stats, render_readme(stats))
-    log(args, f"wrote {out}")
+    common.log(args, f"wrote {out}")
     return stats
 
 
@@ -411,8 +319,7 @@ def interaction_numbers(s, events_label, noun="song"):
         (f"(user, {noun}) pairs after aggregation", common.fmt_count(s["raw_pairs"])),
         ("pairs played once / repeatedly", f"{common.fmt_count(s['pairs_played_once'])} / "
                                            f"{common.fmt_count(s['pairs_played_repeatedly'])}"),
-        ("k-core", f"{s['kcore'] if s['kcore'] else 'off'} ({s['kcore_rounds']} rounds, "
-                   f"{common.fmt_count(s['rows_removed_by_kcore'])} pairs removed)"),
+        common.kcore_row(s, removed="pairs"),
         ("**users**", f"**{common.fmt_count(s['users'])}**"),
         ("**items**", f"**{common.fmt_count(s['items'])}**"),
         (f"**rows in `{s['name']}.inter`**", f"**{common.fmt_count(rows)}**"),
@@ -491,7 +398,7 @@ def render_readme(s):
             "UTC; minute resolution), `play_count` = the number of events of the pair. Repeated plays are "
             "therefore not separate rows; the raw event count is reported above so the conversion can be "
             "checked against the published statistics.",
-            f"Label rule `{s['label_rule']}`: {LABEL_RULES[s['label_rule']]}.",
+            f"Label rule `{s['label_rule']}`: {LABEL_RULE_TEXT[s['label_rule']]}.",
             "Rows are sorted by user (string order), then first play, then the position of the pair's first "
             "event in the file, so the output is byte-identical for the same input. Every valid raw row is kept "
             "(filters only through `--kcore`); songs missing from the metadata are kept with no text.",

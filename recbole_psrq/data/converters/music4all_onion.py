@@ -59,9 +59,7 @@ _FEATURE_FILE = re.compile(r"id_(.+)\.tsv(\.gz|\.bz2)?")
 
 
 def add_arguments(parser, fmt=None):
-    parser.add_argument("--label-rule", choices=["repeat", "user-median"], default="repeat",
-                        help="repeat (default): play count >= 2 = 1, else 0; user-median: play count >= the "
-                             "user's median play count = 1")
+    common.add_label_arguments(parser, quantile=False)
     parser.add_argument("--audio-feature", default=None,
                         help="the feature listed as `audio` in the yaml (default: the first present of "
                              "mfcc_stats, essentia, ivec256, blf_*; 'none' = no audio)")
@@ -119,53 +117,34 @@ def read_feature(path, item_ids):
     wanted = set(item_ids)
     info = {"file": os.path.basename(path), "rows": 0, "duplicate_ids": 0, "rows_not_in_dataset": 0,
             "missing_values": 0, "skipped_columns": []}
+    header = common.read_header(path)
+    if header[0] != "id" or len(header) < 2:
+        raise DataFormatError(f"{path}, line 1: expected a header 'id<TAB><column>...' (TAB-separated), found "
+                              f"{chr(9).join(header)[:120]!r}. {FIX}")
     ids, blocks, seen = [], [], set()
-    try:
-        with common.open_text(path) as f:
-            first = f.readline()
-            header = common.split_line(first)
-            if not header or header[0].strip() != "id" or len(header) < 2:
-                raise DataFormatError(
-                    f"{path}, line 1: expected a header 'id<TAB><column>...' (TAB-separated), found "
-                    f"{first.rstrip(chr(13) + chr(10))[:120]!r}. {FIX}")
-            n = len(header)
-            keep = None
-            rows, lines = [], []
-            chunk = max(1, FEATURE_CHUNK_VALUES // n)
-            for lineno, line in enumerate(f, start=2):
-                fields = line.rstrip("\r\n").split("\t")
-                if len(fields) != n:
-                    if not line.strip():
-                        continue
-                    raise DataFormatError(f"{path}, line {lineno}: expected {n} TAB-separated fields (as in the "
-                                          f"header), found {len(fields)}. {FIX}")
-                if keep is None:
-                    keep = [i for i in range(1, n) if not fields[i].strip() or _is_number(fields[i])]
-                    info["skipped_columns"] = [header[i] for i in range(1, n) if i not in keep]
-                    if not keep:
-                        return None, None, info
-                info["rows"] += 1
-                item = fields[0].strip()
-                if item not in wanted:
-                    info["rows_not_in_dataset"] += 1
-                    continue
-                if item in seen:
-                    info["duplicate_ids"] += 1
-                    continue
-                seen.add(item)
-                ids.append(item)
-                rows.append([fields[i] for i in keep])
-                lines.append(lineno)
-                if len(rows) >= chunk:
-                    blocks.append(_to_matrix(rows, lines, [header[i] for i in keep], path, info))
-                    rows, lines = [], []
-            if keep is None:
-                info["columns"] = [h for h in header[1:]]
-                return np.asarray([], dtype=str), np.zeros((0, n - 1), dtype=np.float32), info
-            if rows:
-                blocks.append(_to_matrix(rows, lines, [header[i] for i in keep], path, info))
-    except UnicodeDecodeError as e:
-        raise DataFormatError(f"{path}: not valid UTF-8 ({e.reason}). {FIX}") from e
+    keep = None
+    for frame, lines in common.iter_table(path, header, header=True, fix=FIX,
+                                          chunk_rows=max(1, FEATURE_CHUNK_VALUES // len(header))):
+        if keep is None:
+            first = frame.iloc[0]
+            keep = [i for i in range(1, len(header)) if not first.iloc[i].strip() or _is_number(first.iloc[i])]
+            info["skipped_columns"] = [header[i] for i in range(1, len(header)) if i not in keep]
+            if not keep:
+                return None, None, info
+        info["rows"] += len(frame)
+        items = frame.iloc[:, 0].str.strip()
+        listed = items.isin(wanted).to_numpy()
+        info["rows_not_in_dataset"] += int((~listed).sum())
+        items, frame, lines = items[listed], frame[listed], lines[listed]
+        dup = (items.duplicated() | items.isin(seen)).to_numpy()
+        info["duplicate_ids"] += int(dup.sum())
+        seen.update(items[~dup])
+        ids.extend(items[~dup])
+        if (~dup).any():
+            blocks.append(_to_matrix(frame.iloc[~dup, keep], lines[~dup], path, info))
+    if keep is None:
+        info["columns"] = header[1:]
+        return np.asarray([], dtype=str), np.zeros((0, len(header) - 1), dtype=np.float32), info
     info["columns"] = [header[i] for i in keep]
     matrix = np.concatenate(blocks) if blocks else np.zeros((0, len(keep)), dtype=np.float32)
     nan = np.isnan(matrix)
@@ -178,40 +157,30 @@ def read_feature(path, item_ids):
     return ids[order], matrix[order], info
 
 
-def _to_matrix(rows, lines, columns, path, info):
+def _to_matrix(values, lines, path, info):
+    """Str cells -> float32 block: empty / NaN cells (:data:`MISSING_VALUES`) NaN, any other non-number an error."""
     try:
-        block = np.array(rows, dtype=np.float64)
+        block = values.to_numpy(dtype=np.float64)
+        ok = np.isfinite(block).all()
     except ValueError:
-        block = np.empty((len(rows), len(columns)))
-        for r, row in enumerate(rows):
-            for c, value in enumerate(row):
-                try:
-                    block[r, c] = float(value)
-                except ValueError:
-                    if value.strip().lower() not in MISSING_VALUES:
-                        raise DataFormatError(
-                            f"{path}, line {lines[r]}: column '{columns[c]}' holds {value!r}, not a number. "
-                            f"{FIX} (Or leave this feature out with --features.)") from None
-                    block[r, c] = np.nan
+        ok = False
+    if not ok:  # parse again per column: missing cells allowed, the first bad value named with its line
+        block = np.column_stack([common.parse_numbers(values.iloc[:, c], lines, path, values.columns[c],
+                                                      fix=f"{FIX} (Or leave this feature out with --features.)",
+                                                      missing=MISSING_VALUES) for c in range(values.shape[1])])
     info["missing_values"] += int(np.isnan(block).sum())
-    inf = np.isinf(block)
-    if inf.any():
-        r, c = (int(x[0]) for x in np.nonzero(inf))
-        raise DataFormatError(f"{path}, line {lines[r]}: column '{columns[c]}' holds an infinite value. {FIX}")
     return block.astype(np.float32)
 
 
 def read_tags_text(path, item_ids, max_tags):
     """``id_tags_dict`` -> text frame [item_id, text, tags] ("Tags: t1, t2." highest weight first)."""
-    with common.open_text(path) as f:
-        header = common.split_line(f.readline())
-    if len(header) != 2 or header[0].strip() != "id":
+    header = common.read_header(path)
+    if len(header) != 2 or header[0] != "id":
         raise DataFormatError(f"{path}, line 1: expected the header 'id<TAB>tags' (2 TAB-separated columns), "
                               f"found {header}. {FIX}")
     wanted = set(item_ids)
     texts, seen = [], set()
-    for frame, lines in common.iter_table_chunks(path, [header[0].strip(), header[1].strip()], dataset=DATASET,
-                                                 fix=FIX):
+    for frame, lines in common.iter_table(path, header, header=True, fix=FIX):
         for item, cell, lineno in zip(frame.iloc[:, 0], frame.iloc[:, 1], lines):
             item = item.strip()
             if item not in wanted or item in seen:
@@ -238,33 +207,24 @@ def read_tags_text(path, item_ids, max_tags):
 
 # ------------------------------------------------------------------------------------------- convert
 def read_interactions(src, args, stats):
-    try:
-        path = common.find_input(src, EVENTS_FILE, dataset=DATASET)
-        mode = "timestamp"
-    except DataFormatError:
+    path = common.find_optional(src, EVENTS_FILE)
+    mode = "timestamp" if path else "count"
+    if not path:
         path = common.find_input(src, EVENTS_FILE, COUNT_FILE, dataset=DATASET, hint=HINT)
-        mode = "count"
     stats["events_file"], stats["time_mode"] = os.path.basename(path), mode
-    music4all.log(args, f"reading {path}")
-    progress = lambda a: music4all.log(args, f"  {a.rows:,} rows")  # noqa: E731
+    common.log(args, f"reading {path}")
+    progress = lambda a: common.log(args, f"  {a.rows:,} rows")  # noqa: E731
     if mode == "timestamp":
-        agg = music4all.aggregate_event_file(path, EVENT_COLUMNS, "user_id", "track_id", "timestamp", fix=FIX,
-                                             on_chunk=progress)
+        agg = common.aggregate_events(path, EVENT_COLUMNS, "user_id", "track_id", "timestamp", fix=FIX,
+                                      time_fix=music4all.TIME_FIX, progress=progress)
         pairs = agg.result()
-        count_path = _optional(src, COUNT_FILE)
+        count_path = common.find_optional(src, COUNT_FILE)
         stats["count_file_ignored"] = os.path.basename(count_path) if count_path else None
     else:
-        agg = common.EventAggregator()
-        for frame, lines in common.iter_table_chunks(path, COUNT_COLUMNS, dataset=DATASET, fix=FIX):
-            counts = common.parse_numbers(frame["count"].to_numpy(), lines, path, "count", fix=FIX, integer=True)
-            if (counts < 0).any():
-                i = int(np.flatnonzero(counts < 0)[0])
-                raise DataFormatError(f"{path}, line {int(lines[i])}: negative count {counts[i]}. {FIX}")
-            agg.add(frame["user_id"].to_numpy(), frame["track_id"].to_numpy(), None, counts)
-            progress(agg)
+        agg = common.aggregate_events(path, COUNT_COLUMNS, "user_id", "track_id", count_column="count", fix=FIX,
+                                      progress=progress)
         pairs = agg.result()
-        # no time: the pair's row order within its user (result() sorts by user, then file position)
-        pairs["timestamp"] = pairs.groupby("user_id", sort=False).cumcount().astype(np.float64).to_numpy()
+        pairs["timestamp"] = common.position_in_user(pairs)  # no time: the pair's row order within its user
     if len(pairs) == 0:
         raise DataFormatError(f"{path}: no rows after the header. {FIX}")
     stats.update(raw_rows=agg.rows, raw_events=agg.events, raw_users=len(agg.users), raw_items=len(agg.items),
@@ -275,13 +235,6 @@ def read_interactions(src, args, stats):
         stats["first_event"] = music4all.iso_day(pairs["timestamp"].min())
         stats["last_event"] = music4all.iso_day(pairs["timestamp"].max())
     return pairs
-
-
-def _optional(src, name):
-    try:
-        return common.find_input(src, name, dataset=DATASET)
-    except DataFormatError:
-        return None
 
 
 def choose_features(src, args):
@@ -310,7 +263,7 @@ def choose_features(src, args):
 
 
 def convert(args, command):
-    name = common.check_name(args.name)
+    name = common.check_args(args)
     out, src = args.out, args.src
     if not os.path.isdir(src):
         raise DataFormatError(f"{DATASET}: --src {src} is not a folder. {HINT}")
@@ -325,18 +278,16 @@ def convert(args, command):
     stats = {"name": name, "format": "music4all-onion", "command": command, "src": src,
              "malformed": common.MalformedRows().as_dict()}
     pairs = read_interactions(src, args, stats)
-    pairs = music4all.finish_interactions(pairs, args, stats)
+    pairs = music4all.label_pairs(pairs, args, stats)
     music4all.count_stats(pairs, stats)
     items = np.sort(pd.unique(pairs["item_id"]).astype(str))
 
     # item text and item columns
-    item_types = {"item_id": "token"}
     if args.music4all_src:
-        music4all.log(args, f"item text from Music4All ({args.music4all_src})")
+        common.log(args, f"item text from Music4All ({args.music4all_src})")
         item_frame, text_frame, cat = music4all.build_catalogue(args.music4all_src, items, args.lyrics_chars)
         cat["lyrics_chars"] = args.lyrics_chars
         stats["text"] = {"source": "music4all", "catalogue": cat, "items_with_text": len(text_frame)}
-        item_types.update(artist_id="token", genre="token")
     else:
         item_frame = pd.DataFrame({"item_id": items})
         if tags_path:
@@ -351,7 +302,7 @@ def convert(args, command):
     # features
     embeddings, feature_stats = {}, {}
     for feature, path in features.items():
-        music4all.log(args, f"feature {feature} ({path})")
+        common.log(args, f"feature {feature} ({path})")
         ids, matrix, info = read_feature(path, items)
         if ids is None:
             info["written"] = False
@@ -373,19 +324,15 @@ def convert(args, command):
         audio_feature = None
     stats["audio_feature"] = audio_feature
 
-    inter = pairs.assign(play_count=pairs["play_count"].astype(np.float64))
-    inter_types = {"user_id": "token", "item_id": "token", "timestamp": "float", "label": "float",
-                   "play_count": "float"}
-    music4all.write_outputs(out, name, inter, inter_types, item_frame, item_types, text_frame, embeddings)
-    common.write_dataset_yaml(out, name, ["user_id", "item_id", "timestamp", "label"], list(item_types),
-                              music4all.yaml_embedding_files(out, name, audio_feature))
-    common.write_stats_and_readme(out, stats, render_readme(stats, item_types))
-    music4all.log(args, f"wrote {out}")
+    common.write_outputs(out, name, pairs, item_frame, text_frame, extra_inter=["play_count"], embeddings=embeddings,
+                         audio=audio_feature)
+    common.write_stats_and_readme(out, stats, render_readme(stats, list(item_frame.columns)))
+    common.log(args, f"wrote {out}")
     return stats
 
 
 # -------------------------------------------------------------------------------------------- README
-def render_readme(s, item_types):
+def render_readme(s, item_columns):
     name = s["name"]
     t = s["text"]
     count_mode = s["time_mode"] == "count"
@@ -459,12 +406,12 @@ def render_readme(s, item_types):
     if skipped:
         feature_pars.append("Skipped text columns: " + "; ".join(f"`{f}`: {', '.join(c)}" for f, c in
                                                                    skipped.items()) + ".")
-    cols = " ".join(f"{c}:{ty}" for c, ty in item_types.items())
+    cols = " ".join(f"{c}:token" for c in item_columns)
     sections = [
         ("Files", ["\n".join([
             f"- `{name}.inter`: `user_id:token item_id:token timestamp:float label:float play_count:float`; "
             "item = Onion `track_id` (= Music4All id).",
-            f"- `{name}.item`: `{cols}`" + (" (normalised artist name, first genre)." if len(item_types) > 1
+            f"- `{name}.item`: `{cols}`" + (" (normalised artist name, first genre)." if len(item_columns) > 1
                                              else "."),
             f"- `{name}.item_text.tsv`: `item_id text ...`.",
             f"- `{name}.<feature>.npz`: see Features.",
@@ -473,7 +420,7 @@ def render_readme(s, item_types):
             f"- `{name}.stats.json`: every number of this page."])]),
         ("Interactions, label and time", [
             time_par,
-            f"Label rule `{s['label_rule']}`: {music4all.LABEL_RULES[s['label_rule']]}.",
+            f"Label rule `{s['label_rule']}`: {music4all.LABEL_RULE_TEXT[s['label_rule']]}.",
             "Rows are sorted by user (string order), then timestamp, then the position of the pair's first row in "
             "the file (byte-identical output for the same input). Every valid raw row is kept (filters only "
             "through `--kcore`); tracks without text or features are kept.",
