@@ -1,4 +1,9 @@
+import atexit
+import functools
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +34,21 @@ def tiny_data_path(tmp_path):
 def one_epoch(data_path, **extra):
     return {"data_path": data_path, "epochs": 1, "train_batch_size": 256, "eval_batch_size": 1024,
             **extra}
+
+
+RAW_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "raw"
+# Hand-written fixture files whose real raw names look like the licensed originals are kept under
+# other names (the repository holds no file named like licensed data); tests see them staged under
+# the real names.
+STAGED_NAMES = {"hetrec-lastfm/listening_weights.fixture.dat": "hetrec-lastfm/user_artists.dat"}
+
+
+@functools.lru_cache(maxsize=None)
+def staged_raw_fixtures():
+    """A temporary copy of tests/fixtures/raw with every file under its real raw name (one per session)."""
+    root = Path(tempfile.mkdtemp(prefix="raw_fixtures_")) / "raw"
+    shutil.copytree(RAW_FIXTURES, root)
+    for kept, real in STAGED_NAMES.items():
+        (root / kept).rename(root / real)
+    atexit.register(shutil.rmtree, root.parent, True)
+    return root

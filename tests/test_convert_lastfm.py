@@ -15,8 +15,9 @@ import pytest
 from recbole_psrq.data import convert
 from recbole_psrq.data.converters import common
 from recbole_psrq.errors import DataFormatError
+from tests.conftest import staged_raw_fixtures
 
-RAW = Path(__file__).resolve().parent / "fixtures" / "raw"
+RAW = staged_raw_fixtures()
 HETREC, L1K, LFM1B, LFM2B = RAW / "hetrec-lastfm", RAW / "lastfm-1k", RAW / "lfm-1b", RAW / "lfm-2b"
 L1K_FILE = "userid-timestamp-artid-artname-traid-traname.tsv"
 

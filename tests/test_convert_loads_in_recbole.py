@@ -9,6 +9,7 @@ import pytest
 
 import run_recbole_psrq
 from recbole_psrq.data import convert
+from tests.conftest import staged_raw_fixtures
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -23,7 +24,7 @@ def raw_fixture(fmt, tmp_path):
             for pos in range(10)]} for pid in range(12)]
         (folder / "mpd.slice.0-999.json").write_text(json.dumps({"info": {}, "playlists": playlists}))
         return folder, ["--no-encode-text"]
-    return FIXTURES / "raw" / fmt, []
+    return staged_raw_fixtures() / fmt, []
 
 
 @pytest.mark.parametrize("fmt", sorted(convert.FORMATS))
