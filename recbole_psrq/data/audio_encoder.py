@@ -86,7 +86,7 @@ import time
 import numpy as np
 
 from recbole_psrq.errors import ConfigError, DataFormatError
-from recbole_psrq.io import atomic_open
+from recbole_psrq.io import atomic_open, atomic_save_npy, cache_dir, file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +111,7 @@ class AudioDecodeError(DataFormatError):
 
 def default_cache_dir():
     """``$RECBOLE_PSRQ_CACHE/audio_encoder`` if set, else ``./cache/audio_encoder`` (git-ignored at the repo root)."""
-    root = os.environ.get("RECBOLE_PSRQ_CACHE") or os.path.join(os.getcwd(), "cache")
-    return os.path.join(root, "audio_encoder")
+    return cache_dir("audio_encoder")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -651,14 +650,6 @@ def embed_segments_hf(segments, feature_extractor, model, layers="all"):
 # cache
 # --------------------------------------------------------------------------------------------------------
 
-def file_digest(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _DigestIndex:
     """Content digests remembered per (path, size, mtime_ns, ctime_ns, inode) in ``file_digests.json``."""
 
@@ -700,11 +691,6 @@ def item_cache_key(content_digest, options_digest):
 
 def _cache_file(cache_dir, key):
     return os.path.join(cache_dir, key[:2], f"audio-{key[:40]}.npy")
-
-
-def _atomic_save_npy(path, array):
-    with atomic_open(path) as f:
-        np.save(f, array)
 
 
 def _load_cached(path, dim):
@@ -874,7 +860,7 @@ def encode_audio(item_ids, paths, method="descriptor", model_path=None, *, audio
                     failed[i] = (full_paths[i], reason)
             for i, _, cfile in part:
                 if cfile is not None and i in vectors and np.isfinite(vectors[i]).all():
-                    _atomic_save_npy(cfile, vectors[i])
+                    atomic_save_npy(cfile, vectors[i])
                 elif i in vectors and not np.isfinite(vectors[i]).all():
                     del vectors[i]
                     failed[i] = (full_paths[i], "non-finite embedding")

