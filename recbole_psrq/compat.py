@@ -2,6 +2,7 @@
 
 Applied once when ``recbole_psrq`` is imported; each fix is idempotent and leaves other code alone.
 """
+import logging
 import os
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 def apply():
     _allow_recbole_checkpoint_loading()
     _install_numpy_aliases()
+    _quiet_faiss_loader()
 
 
 def _allow_recbole_checkpoint_loading():
@@ -28,6 +30,13 @@ def _install_numpy_aliases():
             setattr(np, alias, target)
     if not hasattr(np, "bool8"):
         np.bool8 = np.bool_
+
+
+def _quiet_faiss_loader():
+    # faiss's loader logs at INFO each instruction set it tries ("Could not load library with AVX512
+    # support due to: ModuleNotFoundError ...") before it succeeds; RecBole's logger shows INFO, so every
+    # run's log would open with what reads like an error. Its warnings still come through.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def disable_recbole_anomaly_detection():

@@ -144,9 +144,9 @@ def check_dataset_exists(dataset, data_path):
         return folder
     raise ConfigError(
         f"Dataset '{dataset}' not found: looked for {inter}. Create it first: the embedded default "
-        f"is regenerated with `python -m recbole_psrq.data.synthetic --out {DEFAULT_DATA_PATH}`; "
-        "real music data is converted with `python -m recbole_psrq.data.convert <format> --src <your download> "
-        "--out converted/<name>` (MPD also with `python -m recbole_psrq.data.mpd`), then "
+        f"is regenerated with `python -m recbole_psrq.convert synthetic --out {DEFAULT_DATA_PATH}`; "
+        "real music data is converted with `python -m recbole_psrq.convert <format> --src <your download> "
+        "--out converted/<name>`, then "
         "`--config_files=converted/<name>/<name>.yaml`. Or point --data_path at the folder that contains "
         f"'{dataset}/{dataset}.inter'."
     )

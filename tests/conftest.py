@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recbole_psrq.data.synthetic import SyntheticMusicConfig, write_dataset
+from recbole_psrq.convert.synthetic import SyntheticMusicConfig, write_dataset
 
 SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 

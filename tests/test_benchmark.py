@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from recbole_psrq import benchmark
+from recbole_psrq.benchmark.cli import main
+from recbole_psrq.benchmark.runner import run_key, run_path
+from recbole_psrq.benchmark.suites import PAPER_SUITE, SUITES
 from recbole_psrq.quick_start import PROJECT_ROOT
 
 
@@ -23,13 +25,13 @@ def test_report_has_mean_std_and_paired_ttest_against_the_baseline(tmp_path):
     din = [0.70, 0.71, 0.69]
     deepfm = [0.72, 0.74, 0.715]
     for seed in range(3):
-        for exp, values in ((benchmark.SUITES["smoke"][0], din), (benchmark.SUITES["smoke"][1], deepfm)):
-            path = benchmark.run_path(str(tmp_path), "one_epoch", exp, seed, "synthetic_music")
+        for exp, values in ((SUITES["smoke"][0], din), (SUITES["smoke"][1], deepfm)):
+            path = run_path(str(tmp_path), "one_epoch", exp, seed, "synthetic_music")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w") as f:
                 json.dump(_fake_record(exp.model, seed, values[seed]), f)
-    code = benchmark.main(["--suite", "smoke", "--seeds", "3", "--budgets", "one_epoch",
-                           "--out", str(tmp_path), "--report-only"])
+    code = main(["--suite", "smoke", "--seeds", "3", "--budgets", "one_epoch",
+                 "--out", str(tmp_path), "--report-only"])
     assert code == 0
     md = (tmp_path / "results.md").read_text()
     p = stats.ttest_rel(deepfm, din).pvalue
@@ -44,39 +46,47 @@ def test_report_has_mean_std_and_paired_ttest_against_the_baseline(tmp_path):
 
 def test_seed_list_reports_only_those_seeds(tmp_path):
     for seed, auc in ((0, 0.70), (2, 0.72)):
-        for exp in benchmark.SUITES["smoke"]:
-            path = benchmark.run_path(str(tmp_path), "one_epoch", exp, seed, "synthetic_music")
+        for exp in SUITES["smoke"]:
+            path = run_path(str(tmp_path), "one_epoch", exp, seed, "synthetic_music")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w") as f:
                 json.dump(_fake_record(exp.model, seed, auc), f)
-    assert benchmark.main(["--suite", "smoke", "--seeds", "0,2", "--budgets", "one_epoch",
-                           "--out", str(tmp_path), "--report-only"]) == 0
+    assert main(["--suite", "smoke", "--seeds", "0,2", "--budgets", "one_epoch",
+                 "--out", str(tmp_path), "--report-only"]) == 0
     md = (tmp_path / "results.md").read_text()
     assert "Seeds: [0, 2]" in md and "**DIN** (baseline) | 2 | 0.7100 ± 0.0141" in md
     with pytest.raises(SystemExit):
-        benchmark.main(["--suite", "smoke", "--seeds", "0,x", "--out", str(tmp_path), "--report-only"])
+        main(["--suite", "smoke", "--seeds", "0,x", "--out", str(tmp_path), "--report-only"])
 
 
 def test_a_changed_protocol_file_gives_new_runs(tmp_path, monkeypatch):
     from recbole_psrq import quick_start
 
-    din = benchmark.SUITES["smoke"][0]
-    before = benchmark.run_path("o", "one_epoch", din, 0, "synthetic_music")
+    din = SUITES["smoke"][0]
+    before = run_path("o", "one_epoch", din, 0, "synthetic_music")
     protocol = tmp_path / "ctr.yaml"
     protocol.write_text("metrics: [AUC]\n")
     original = quick_start.config_file_list
     monkeypatch.setattr(quick_start, "config_file_list",
                         lambda *a, **k: [str(protocol) if p.endswith("ctr.yaml") else p
                                          for p in original(*a, **k)])
-    assert benchmark.run_path("o", "one_epoch", din, 0, "synthetic_music") != before
+    assert run_path("o", "one_epoch", din, 0, "synthetic_music") != before
 
 
 def test_shared_runs_are_keyed_once():
-    t2_din = next(e for e in benchmark.PAPER_SUITE if e.table == "T2" and e.name == "DIN")
-    t3_din = next(e for e in benchmark.PAPER_SUITE if e.table == "T3" and e.name == "DIN")
-    psrq = next(e for e in benchmark.PAPER_SUITE if e.name == "DIN+PSRQ")
-    assert benchmark.run_key(t2_din) == benchmark.run_key(t3_din)
-    assert benchmark.run_key(psrq) != benchmark.run_key(t2_din)
+    t2_din = next(e for e in PAPER_SUITE if e.table == "T2" and e.name == "DIN")
+    t3_din = next(e for e in PAPER_SUITE if e.table == "T3" and e.name == "DIN")
+    psrq = next(e for e in PAPER_SUITE if e.name == "DIN+PSRQ")
+    assert run_key(t2_din) == run_key(t3_din)
+    assert run_key(psrq) != run_key(t2_din)
+
+
+def test_importing_the_package_imports_neither_recbole_nor_torch():
+    code = ("import sys, recbole_psrq.benchmark; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('recbole', 'torch')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": PROJECT_ROOT}, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.slow
@@ -88,8 +98,7 @@ def test_suite_resumes_after_being_killed(tiny_data_path, tmp_path):
     env = {**os.environ, "PYTHONPATH": PROJECT_ROOT}
     proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    din, deepfm = (benchmark.run_path(str(out), "one_epoch", e, 0, "synthetic_music")
-                  for e in benchmark.SUITES["smoke"])
+    din, deepfm = (run_path(str(out), "one_epoch", e, 0, "synthetic_music") for e in SUITES["smoke"])
     deadline = time.time() + 240
     while not os.path.exists(din) and time.time() < deadline:
         time.sleep(0.2)

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from recbole_psrq.data import convert as convert_cli
-from recbole_psrq.data.converters import amazon2023
+from recbole_psrq.convert import cli as convert_cli
+from recbole_psrq.convert import amazon2023
 from recbole_psrq.errors import ConfigError, DataFormatError
 
 SRC = Path(__file__).resolve().parent / "fixtures" / "raw" / "amazon2023"
@@ -28,7 +28,7 @@ def run(src, out, *extra):
     module, parser = convert_cli.build_parser("amazon2023")
     args = parser.parse_args(argv[1:])
     args.format, args.name = "amazon2023", Path(out).name
-    return module.convert(args, "python -m recbole_psrq.data.convert " + " ".join(argv))
+    return module.convert(args, "python -m recbole_psrq.convert " + " ".join(argv))
 
 
 def read_inter(out):
@@ -130,7 +130,7 @@ def test_yaml(converted):
     assert config["sid_embedding_files"] == {}
     readme = (converted[0] / "README.md").read_text()
     for needle in ("Do not commit", "Hou", "rating >= 4 = 1", "floored", "cut to 2,000 characters",
-                   "python -m recbole_psrq.data.convert amazon2023"):
+                   "python -m recbole_psrq.convert amazon2023"):
         assert needle in readme, needle
 
 

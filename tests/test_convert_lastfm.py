@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recbole_psrq.data import convert
-from recbole_psrq.data.converters import common
+from recbole_psrq.convert import cli as convert
+from recbole_psrq.convert import common
 from recbole_psrq.errors import DataFormatError
 from tests.conftest import staged_raw_fixtures
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import run_recbole_psrq
-from recbole_psrq.data import convert
+from recbole_psrq.convert import cli as convert
 from tests.conftest import staged_raw_fixtures
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from recbole_psrq.data import convert as convert_cli
-from recbole_psrq.data.converters import common, music4all, music4all_onion
+from recbole_psrq.convert import cli as convert_cli
+from recbole_psrq.convert import common, music4all, music4all_onion
 from recbole_psrq.data.embeddings import load_item_embeddings
 from recbole_psrq.errors import ConfigError, DataFormatError
 
@@ -39,7 +39,7 @@ def run(fmt, src, out, *extra):
     module, parser = convert_cli.build_parser(fmt)
     args = parser.parse_args(argv[1:])
     args.format, args.name = fmt, Path(out).name
-    return module.convert(args, "python -m recbole_psrq.data.convert " + " ".join(argv))
+    return module.convert(args, "python -m recbole_psrq.convert " + " ".join(argv))
 
 
 def read_inter(out):
@@ -204,7 +204,7 @@ def test_music4all_yaml_lists_audio_and_text_only_when_present(m4a, tmp_path):
 
 def test_music4all_readme_documents_choices(m4a):
     readme = (m4a[0] / "README.md").read_text()
-    for needle in ("Do not commit or redistribute", "Santana", "python -m recbole_psrq.data.convert music4all",
+    for needle in ("Do not commit or redistribute", "Santana", "python -m recbole_psrq.convert music4all",
                    "Label rule `repeat`", "first play", "read as UTC", "`{song} by {artist}. Album: {album}.",
                    "| items without an `id_information` row (kept, no title/artist) | 1 (5.3%) |",
                    "| items with an audio vector | 16 (84.2%) |", "| label 1 / label 0 | 19 (28.8%) / 47 (71.2%) |"):

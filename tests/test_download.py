@@ -11,7 +11,7 @@ import zipfile
 
 import pytest
 
-from recbole_psrq.data import download
+from recbole_psrq.convert import download
 from recbole_psrq.errors import ConfigError, DataFormatError
 
 

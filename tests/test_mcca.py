@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from recbole_psrq import quick_start
-from recbole_psrq.data.synthetic import write_dataset
+from recbole_psrq.convert.synthetic import write_dataset
 from recbole_psrq.errors import ConfigError
 from recbole_psrq.model.layers import ActivationUnit
 from recbole_psrq.model.mcca import MCCA

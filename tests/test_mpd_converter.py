@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recbole_psrq.data import mpd
+from recbole_psrq.convert import cli as convert_cli
+from recbole_psrq.convert import mpd
 from recbole_psrq.data.embeddings import load_item_embeddings
 from recbole_psrq.errors import ConfigError, DataFormatError
 
@@ -253,9 +254,10 @@ def test_bad_audio_table(mpd_fixtures, tmp_path):
 
 def test_cli(mpd_fixtures, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = mpd.main(["--input", str(mpd_fixtures / "with_pos" / "mpd.slice.0-999.json"), "--audio-csv", str(AUDIO),
-                   "--genres-csv", str(GENRES), "--out", str(out), "--name", "cli", "--negatives", "2",
-                   "--negative-sampling", "popularity", "--seed", "1", "--no-encode-text", "--no-progress"])
+    rc = convert_cli.main(["mpd", "--src", str(mpd_fixtures / "with_pos" / "mpd.slice.0-999.json"),
+                           "--audio-csv", str(AUDIO), "--genres-csv", str(GENRES), "--out", str(out),
+                           "--negatives", "2", "--negative-sampling", "popularity", "--seed", "1",
+                           "--no-encode-text", "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "2 users, 5 items, 6 positive + 12 negative rows" in printed
@@ -266,8 +268,8 @@ def test_cli(mpd_fixtures, tmp_path, capsys):
 
 
 def test_converter_writes_text_embeddings(mpd_fixtures, tmp_path, monkeypatch):
-    """--encode-text path with a stub encoder (the real model is tested in test_text_encoder.py)."""
-    from recbole_psrq.data import text_encoder
+    """--encode-text path with a stub encoder (the real model is tested in test_encode_text.py)."""
+    from recbole_psrq.encode import text as text_encoder
 
     seen = {}
 

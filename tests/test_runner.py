@@ -34,8 +34,8 @@ def test_missing_dataset_names_the_path_and_how_to_create_it(tmp_path, capsys):
     code, _, err = _cli(["--model=DIN", "--dataset=nope", f"--data_path={tmp_path}"], capsys)
     assert code == 2
     assert os.path.join(str(tmp_path), "nope", "nope.inter") in err
-    assert "python -m recbole_psrq.data.synthetic" in err
-    assert "python -m recbole_psrq.data.convert <format>" in err
+    assert "python -m recbole_psrq.convert synthetic" in err
+    assert "python -m recbole_psrq.convert <format>" in err
 
 
 def _corrupt(data_path, line_no, new_line):

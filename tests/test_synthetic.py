@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from recbole_psrq.data.embeddings import load_item_embeddings
-from recbole_psrq.data.synthetic import DATASET_NAME, SyntheticMusicConfig, generate, write_dataset
+from recbole_psrq.convert.synthetic import DATASET_NAME, SyntheticMusicConfig, generate, write_dataset
 from recbole_psrq.quick_start import DEFAULT_DATA_PATH
 
 SUFFIXES = ("inter", "item", "text.npz", "audio.npz")

@@ -1,4 +1,4 @@
-"""MCCA: Multi-Codebook Cross-Attention (PSRQ paper, stage 2; /work/shared/SPEC.md "Stage 2").
+"""MCCA: Multi-Codebook Cross-Attention (the PSRQ paper's stage 2, S. Wang et al., CIKM 2025).
 
 A RecBole ``SequentialRecommender`` for binary (CTR) prediction: logit = MLP([h_text, h_audio, h_joint,
 h_id, e_id(target), e_joint(target)]), trained with BCE on the config's ``LABEL_FIELD``.

@@ -1,6 +1,6 @@
 """Amazon Reviews 2023 (McAuley Lab; Digital_Music, CDs_and_Vinyl, ...) -> RecBole atomic files + item text.
 
-    python -m recbole_psrq.data.convert amazon2023 --src RAW_DIR --out OUT_DIR/amazon-digital-music \\
+    python -m recbole_psrq.convert amazon2023 --src RAW_DIR --out OUT_DIR/amazon-digital-music \\
         [--category Digital_Music] [--rating-threshold 4] [--description-chars 2000] [--no-meta] [--kcore K]
 
 Input (``--src``; JSON lines, UTF-8, each file may be ``.gz`` / ``.bz2``):
@@ -29,7 +29,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from recbole_psrq.data.converters import common, music4all
+from recbole_psrq.convert import common, music4all
 from recbole_psrq.errors import ConfigError, DataFormatError
 
 DATASET = "Amazon Reviews 2023"

@@ -18,7 +18,7 @@ paper's Music4all protocol. Generative model (all draws from one seeded ``numpy`
   track quality - bias), else 0 ("played once"). Mood taste is visible only through audio, theme taste
   only through text, so multimodal models have something to win.
 
-Run ``python -m recbole_psrq.data.synthetic --out dataset`` to regenerate; the same seed gives
+Run ``python -m recbole_psrq.convert synthetic --out dataset`` to regenerate; the same seed gives
 byte-identical files.
 """
 import argparse
@@ -184,13 +184,11 @@ def _write_text(path, lines):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Regenerate the synthetic music dataset.")
+    parser = argparse.ArgumentParser(prog="python -m recbole_psrq.convert synthetic",
+                                     description="Regenerate the synthetic music dataset.")
     parser.add_argument("--out", default="dataset", help="parent folder (default: dataset)")
     parser.add_argument("--seed", type=int, default=SyntheticMusicConfig.seed)
     args = parser.parse_args(argv)
     folder = write_dataset(args.out, SyntheticMusicConfig(seed=args.seed))
     print(f"wrote {folder}")
 
-
-if __name__ == "__main__":
-    main()

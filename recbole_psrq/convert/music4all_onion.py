@@ -1,6 +1,6 @@
 """Music4All-Onion (Moscati et al., CIKM 2022) -> RecBole atomic files + every shipped content descriptor.
 
-    python -m recbole_psrq.data.convert music4all-onion --src RAW_DIR --out OUT_DIR/onion \\
+    python -m recbole_psrq.convert music4all-onion --src RAW_DIR --out OUT_DIR/onion \\
         [--label-rule repeat|user-median] [--audio-feature mfcc_stats] [--features mfcc_stats,essentia]
         [--music4all-src MUSIC4ALL_DIR] [--no-zscore] [--kcore K]
 
@@ -14,7 +14,7 @@ Input (``--src``, the Zenodo files; TAB-separated with a header, UTF-8; each may
 - ``id_tags_dict.tsv`` (optional): ``id`` + a Python dict literal ``{'tag': weight, ...}`` — the only text
   Onion ships; used for the item text unless ``--music4all-src`` is given.
 
-Output (``--out``): as :mod:`recbole_psrq.data.converters.music4all` — ``<name>.inter`` (one row per (user,
+Output (``--out``): as :mod:`recbole_psrq.convert.music4all` — ``<name>.inter`` (one row per (user,
 track): first play, ``play_count``, label by ``--label-rule``), ``<name>.item``, ``<name>.item_text.tsv``,
 ``<name>.yaml``, ``<name>.stats.json``, ``README.md`` — plus one ``<name>.<feature>.npz`` per numeric feature
 file (z-scored per column over the items written unless ``--no-zscore``); the ``--audio-feature`` file is
@@ -33,7 +33,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from recbole_psrq.data.converters import common, music4all
+from recbole_psrq.convert import common, music4all
 from recbole_psrq.errors import ConfigError, DataFormatError
 
 DATASET = "Music4All-Onion"

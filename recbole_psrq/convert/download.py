@@ -1,6 +1,6 @@
 """Download the public music datasets that have a stable public URL, verifying checksums.
 
-    python -m recbole_psrq.data.download <dataset> --dest RAW_DIR [--category Digital_Music] [--sha256 HEX]
+    python -m recbole_psrq.convert download <dataset> --dest RAW_DIR [--category Digital_Music] [--sha256 HEX]
 
 Public downloads: ``hetrec-lastfm`` (GroupLens zip), ``lastfm-1k`` (MTG tarball), ``amazon2023``
 (McAuley lab, per category), ``music4all-onion`` (Zenodo record: every file is checked against the MD5
@@ -54,14 +54,14 @@ ZENODO_API = "https://zenodo.org/api/records/"
 ON_REQUEST = {
     "music4all": "Music4All is shared on request by its authors (Santana et al., IWSSIP 2020): fill in the "
                  "request form linked from the Music4All page of the authors' lab, then point "
-                 "`python -m recbole_psrq.data.convert music4all --src` at the unpacked folder.",
+                 "`python -m recbole_psrq.convert music4all --src` at the unpacked folder.",
     "lfm-1b": "LFM-1b is no longer downloadable from JKU's web site; it is shared on request by the "
               "Institute of Computational Perception, JKU Linz (Schedl, ICMR 2016) for non-commercial research.",
     "lfm-2b": "LFM-2b was withdrawn from public download by JKU Linz (licence terms); it is shared on request "
               "for non-commercial research. Music4All-Onion (public on Zenodo) carries part of it.",
     "mpd": "The Spotify Million Playlist Dataset requires an AIcrowd account and accepting its licence on the "
            "RecSys Challenge 2018 page; download it there and convert with "
-           "`python -m recbole_psrq.data.convert mpd --src <folder of slices>`.",
+           "`python -m recbole_psrq.convert mpd --src <folder of slices>`.",
 }
 PUBLIC = ("hetrec-lastfm", "lastfm-1k", "amazon2023", "music4all-onion")
 
@@ -197,7 +197,7 @@ def download(dataset, dest, category=None, sha256=None, zenodo_record=None, mirr
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m recbole_psrq.data.download", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m recbole_psrq.convert download", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help=f"one of {', '.join(PUBLIC + tuple(ON_REQUEST))}")
     parser.add_argument("--dest", required=False, default=None, help="folder for the raw files")
@@ -217,9 +217,6 @@ def main(argv=None):
         return 2
     for path, digest in files:
         print(f"{path}  sha256 {digest}")
-    print(f"next: python -m recbole_psrq.data.convert {args.dataset} --src {args.dest} --out converted/<name>")
+    print(f"next: python -m recbole_psrq.convert {args.dataset} --src {args.dest} --out converted/<name>")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The command line of ``python -m recbole_psrq.benchmark``: run (or resume) a suite, then write the
+report (``results.md``/``.csv``/``.tex``, plots, ``environment.json``) and ``benchmark.log`` in ``--out``."""
+import argparse
+import datetime
+import json
+import os
+import sys
+
+from recbole_psrq import benchmark
+from recbole_psrq.benchmark.plots import plot_metrics, plot_sid_drift
+from recbole_psrq.benchmark.report import environment, write_csv, write_latex, write_markdown
+from recbole_psrq.benchmark.runner import collect_runs, shown_path
+from recbole_psrq.benchmark.stats import summarize
+from recbole_psrq.benchmark.suites import BUDGETS, SUITES
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m recbole_psrq.benchmark",
+                                     description=benchmark.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="paper", choices=sorted(SUITES))
+    parser.add_argument("--dataset", default="synthetic_music")
+    parser.add_argument("--seeds", default="3",
+                        help="N (seeds 0..N-1) or a comma-separated list, e.g. 1,2 to split a suite over processes")
+    parser.add_argument("--budgets", default="one_epoch,early_stop",
+                        help=f"comma-separated, from {list(BUDGETS)}")
+    parser.add_argument("--out", default=None, help="default: results/<dataset>")
+    parser.add_argument("--only", default="", help="comma-separated experiment names to run")
+    parser.add_argument("--report-only", action="store_true", help="aggregate finished runs only")
+    args, unknown = parser.parse_known_args(argv)
+    bad_args = [item for item in unknown if not (item.startswith("--") and "=" in item)]
+    if bad_args:
+        parser.error(f"unrecognised {bad_args}; RecBole overrides for every run are --key=value")
+    extra = dict(item[2:].split("=", 1) for item in unknown)
+    budgets = [b for b in args.budgets.split(",") if b]
+    bad = [b for b in budgets if b not in BUDGETS]
+    if bad:
+        parser.error(f"unknown budget(s) {bad}; use {list(BUDGETS)}")
+    out = os.path.abspath(args.out or os.path.join("results", args.dataset))
+    os.makedirs(out, exist_ok=True)
+    suite = SUITES[args.suite]
+    only = {n for n in args.only.split(",") if n}
+    try:
+        seeds = ([int(x) for x in args.seeds.split(",") if x.strip()] if "," in args.seeds
+                 else list(range(int(args.seeds))))
+    except ValueError:
+        parser.error(f"--seeds takes N or a comma-separated list of seeds, got {args.seeds!r}")
+    log_path = os.path.join(out, "benchmark.log")
+
+    def log(message):
+        line = f"{datetime.datetime.now():%H:%M:%S} {message}"
+        print(line, flush=True)
+        with open(log_path, "a") as f:
+            f.write(line + "\n")
+
+    command = "python -m recbole_psrq.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
+    records_by_exp, records, missing = collect_runs(suite, budgets, seeds, args.dataset, out, extra,
+                                                   only, args.report_only, log)
+    rows = summarize(records_by_exp, suite, budgets, seeds)
+    env = environment()
+    write_markdown(os.path.join(out, "results.md"), rows, command, env, args.dataset, seeds, missing)
+    write_csv(os.path.join(out, "results.csv"), records)
+    write_latex(os.path.join(out, "results.tex"), rows)
+    plots = plot_metrics(out, rows)
+    drift = plot_sid_drift(out, args.dataset)
+    with open(os.path.join(out, "environment.json"), "w") as f:
+        json.dump({**env, "command": command}, f, indent=2)
+    log(f"wrote {shown_path(out)}/results.md, results.csv, results.tex, {len(plots) + bool(drift)} plot(s); "
+        f"{len(missing)} run(s) missing")
+    return 0 if not missing else 1

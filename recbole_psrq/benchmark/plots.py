@@ -1,0 +1,73 @@
+"""PNG plots of a benchmark: the metrics of each table (mean ± std) and the SID levels' semantic drift."""
+import glob
+import json
+import os
+
+from recbole_psrq.benchmark.suites import TABLE_TITLES
+
+
+def plot_metrics(out, rows):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for table in TABLE_TITLES:
+        table_rows = [r for r in rows if r["table"] == table]
+        if not table_rows:
+            continue
+        metrics = ["ndcg@10", "recall@10"] if table == "TopK" else ["auc", "coldauc"]
+        metrics = [m for m in metrics if any(m in r["metrics"] for r in table_rows)]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
+        for ax, metric in zip(axes[0], metrics):
+            present = [r for r in table_rows if metric in r["metrics"]]
+            labels = [f"{r['name']}\n{r['budget']}" for r in present]
+            means = [r["metrics"][metric][0] for r in present]
+            stds = [r["metrics"][metric][1] for r in present]
+            ax.bar(range(len(present)), means, yerr=stds, capsize=3,
+                   color=["#999" if r["is_baseline"] else "#3b7dd8" for r in present])
+            ax.set_xticks(range(len(present)), labels, rotation=60, ha="right", fontsize=7)
+            low = min(m - s for m, s in zip(means, stds))
+            high = max(m + s for m, s in zip(means, stds))
+            ax.set_ylim(low - 0.1 * (high - low + 1e-3), high + 0.1 * (high - low + 1e-3))
+            ax.set_title(f"{table}: {metric} (mean ± std)")
+        fig.tight_layout()
+        path = os.path.join(out, f"metrics_{table}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_sid_drift(out, dataset):
+    """Per-level NMI of each quantizer's text SIDs with level 1 (and with labels, when reported),
+    read from the SID cache reports the runs wrote."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reports = {}
+    for path in glob.glob(os.path.join(out, "runs", "work", "saved", "sid_cache", dataset,
+                                       "text_sid-*", "report.json")):
+        with open(path) as f:
+            data = json.load(f)
+        reports[data["settings"]["quantizer"]] = data["report"]
+    if not reports:
+        return None
+    keys = [k for k in ("nmi_level1", "nmi_labels") if any(k in r for r in reports.values())]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, report in sorted(reports.items()):
+            if key in report:
+                ax.plot(range(1, len(report[key]) + 1), report[key], marker="o", label=name)
+        ax.set_xlabel("SID level")
+        ax.set_ylabel(key)
+        ax.set_title(f"semantic drift: {key}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out, "sid_drift.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,71 @@
+"""What the benchmark runs: the training budgets, the metrics of each table, the experiments of each
+suite (the paper's Tables 2-4 plus a top-k table) and each table's baseline and title."""
+from dataclasses import dataclass, field
+
+BUDGETS = {
+    # one epoch leaves nothing to select, so no validation pass (eval_step 0: RecBole saves the model
+    # after the epoch); validating would not change the test metrics, only cost time (a full-sort
+    # validation of MCCA on MPD-5k takes ~30 min on one CPU core)
+    "one_epoch": {"epochs": 1, "eval_step": 0},
+    "early_stop": {"epochs": 20, "stopping_step": 2},
+}
+CTR_METRICS = ["auc", "coldauc", "userauc", "logloss"]  # userauc = GAUC (value-type)
+TOPK_METRICS = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@10"]
+SMALLER_IS_BETTER = {"logloss"}
+POINTWISE_NEGATIVES = {"train_neg_sample_args": "{'distribution': 'uniform', 'sample_num': 1}"}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    table: str
+    name: str
+    model: str
+    overrides: dict = field(default_factory=dict)
+
+
+def _din_sid(quantizer, levels=3):
+    return {"sid_modalities": "['text']", "sid_quantizer": quantizer, "sid_levels": levels}
+
+
+SEQ_TEXT_SID = {"sid_modalities": "['text']", "selected_features": "['text_sid']"}
+
+
+PAPER_SUITE = [
+    Experiment("T2", "DIN", "DIN"),
+    # RecBole's DIEN (GRU) cannot take an empty history: it scores only rows with >= 1 earlier positive
+    Experiment("T2", "DIEN", "DIEN", {"history_min_length": 1}),
+    Experiment("T2", "DeepFM", "DeepFM"),
+    Experiment("T2", "WideDeep", "WideDeep"),
+    Experiment("T2", "PSRQ+MCCA", "MCCA"),
+    Experiment("T3", "DIN", "DIN"),
+    Experiment("T3", "DIN+PQ", "DIN", _din_sid("pq", 4)),
+    Experiment("T3", "DIN+VQ", "DIN", _din_sid("vq", 1)),
+    Experiment("T3", "DIN+RQ", "DIN", _din_sid("rq_kmeans")),
+    Experiment("T3", "DIN+RQ-VAE", "DIN", _din_sid("rq_vae")),
+    Experiment("T3", "DIN+PSRQ", "DIN", _din_sid("psrq")),
+    Experiment("T4", "DIN", "DIN"),
+    Experiment("T4", "MCCA w/o MSC", "MCCA", {"mcca_variant": "wo_msc"}),
+    Experiment("T4", "MCCA w/o MJC", "MCCA", {"mcca_variant": "wo_mjc"}),
+    Experiment("T4", "PSRQ+MCCA", "MCCA"),
+    Experiment("TopK", "SASRec", "SASRec"),
+    Experiment("TopK", "GRU4Rec", "GRU4Rec"),
+    Experiment("TopK", "BERT4Rec", "BERT4Rec"),
+    Experiment("TopK", "SASRecF+SID", "SASRecF", SEQ_TEXT_SID),
+    Experiment("TopK", "FDSA+SID", "FDSA", SEQ_TEXT_SID),
+    Experiment("TopK", "PSRQ+MCCA", "MCCA", {"protocol": "topk", **POINTWISE_NEGATIVES}),
+]
+SUITES = {
+    "paper": PAPER_SUITE,
+    "ctr": [e for e in PAPER_SUITE if e.table != "TopK"],
+    "smoke": [Experiment("T2", "DIN", "DIN"), Experiment("T2", "DeepFM", "DeepFM")],
+    # MCCA against DIN with and without SIDs, and the ablations (issue 4's default-dataset check)
+    "mcca": [e for e in PAPER_SUITE if e.table in ("T3", "T4")
+             and e.name in ("DIN", "DIN+PSRQ", "MCCA w/o MSC", "MCCA w/o MJC", "PSRQ+MCCA")],
+}
+BASELINES = {"T2": "DIN", "T3": "DIN", "T4": "DIN", "TopK": "SASRec"}
+TABLE_TITLES = {
+    "T2": "Table 2: MCCA vs CTR baselines",
+    "T3": "Table 3: DIN + text SIDs from each quantizer",
+    "T4": "Table 4: MCCA ablations",
+    "TopK": "Top-k (full sort): MCCA vs sequential baselines",
+}
