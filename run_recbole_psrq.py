@@ -3,10 +3,11 @@
     python run_recbole_psrq.py --model=MCCA
     python run_recbole_psrq.py --model=DIN --dataset=synthetic_music --config_files="a.yaml b.yaml"
     python run_recbole_psrq.py --model=SASRec --epochs=5 --seed=1
-    python run_recbole_psrq.py --checkpoint=saved/DIN-Nov-23-2026_01-00-00.pth
+    python run_recbole_psrq.py --checkpoint=saved/DIN-Nov-23-2026_01-00-00-4242-1a2b3c4d.pth
 
 Any other --key=value is a RecBole config override. Prints the test metrics as the final line and
-writes them as JSON next to the log file.
+writes them as JSON next to the log file. Each run's log, JSON and checkpoint carry its own run id
+(time, process id, random part), so runs started together never share a file.
 """
 import argparse
 import sys

@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import sys
+import uuid
 from logging import getLogger
+from unittest import mock
 
 import yaml
 
@@ -209,8 +211,16 @@ def create_dataset(config):
     return sid_create_dataset(config)
 
 
-def _init_logger(config):
-    from recbole.utils import init_logger
+def new_run_id():
+    """Names one run's log, result JSON and checkpoint: the time to the second (as RecBole), the process
+    id and a random part, so that runs started in the same second never share a file."""
+    from recbole.utils import get_local_time
+
+    return f"{get_local_time()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _init_logger(config, run_id):
+    import recbole.utils.logger as recbole_logger
 
     # RecBole's init_logger uses logging.basicConfig, which is a no-op once the root logger has
     # handlers: drop ours from a previous run so each run logs to its own file.
@@ -218,7 +228,10 @@ def _init_logger(config):
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    init_logger(config)
+    # it names the log <model>-<dataset>-<time to the second>-<config hash>.log (also the tensorboard
+    # folder): the run id replaces the time, so equal settings started together get separate logs
+    with mock.patch.object(recbole_logger, "get_local_time", lambda: run_id):
+        recbole_logger.init_logger(config)
     for handler in root.handlers:
         if isinstance(handler, logging.FileHandler):
             return handler.baseFilename
@@ -229,7 +242,8 @@ def run(model, dataset=None, config_files=(), overrides=None, saved=True):
     """Train ``model`` on ``dataset``, select on validation, evaluate on test.
 
     Returns a dict with ``test_result``, ``best_valid_result``, ``best_valid_score``, ``checkpoint``,
-    ``log_file`` and ``result_file`` (the JSON written next to the log).
+    ``log_file``, ``run_id``, ``seeds``, ``protocol_checks`` (the test rows' count and digest and the
+    protocol checks, see data/dataset.py) and ``result_file`` (the JSON written next to the log).
     """
     from recbole.data import data_preparation
     from recbole.utils import get_trainer, init_seed
@@ -237,18 +251,22 @@ def run(model, dataset=None, config_files=(), overrides=None, saved=True):
     config = build_config(model, dataset, config_files, overrides)
     _set_threads(config)
     init_seed(config["seed"], config["reproducibility"])
-    log_file = _init_logger(config)
+    run_id = new_run_id()
+    log_file = _init_logger(config, run_id)
     logger = getLogger()
     logger.info(config)
 
     data = create_dataset(config)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
+    _require_protocol_report(config, data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model_obj = resolve_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model_obj)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    # RecBole names it <model>-<time to the second>.pth: runs started together would share it
+    trainer.saved_model_file = os.path.join(config["checkpoint_dir"], f"{config['model']}-{run_id}.pth")
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -267,6 +285,10 @@ def run(model, dataset=None, config_files=(), overrides=None, saved=True):
         "dataset": config["dataset"],
         "protocol": config["protocol"],
         "seed": config["seed"],
+        "seeds": {"seed": config["seed"],
+                  "sid_seed": config["sid_seed"] if config["sid_modalities"] else None},
+        "protocol_checks": data.protocol_report,
+        "run_id": run_id,
         # None when no validation ran (eval_step 0): RecBole leaves -inf there, which is not valid JSON
         "best_valid_score": _plain(best_valid_score) if best_valid_result is not None else None,
         "best_valid_result": _plain(best_valid_result),
@@ -277,6 +299,17 @@ def run(model, dataset=None, config_files=(), overrides=None, saved=True):
     result["result_file"] = _write_result(result, log_file)
     logger.info(f"test result: {result['test_result']}")
     return result
+
+
+def _require_protocol_report(config, data):
+    if not hasattr(data, "protocol_report"):
+        # RecBole's data_preparation does not build the dataset when it finds saved dataloaders
+        saved = config["dataloaders_save_path"] or os.path.join(
+            config["checkpoint_dir"], f"{config['dataset']}-for-{config['model']}-dataloader.pth")
+        raise ConfigError(
+            f"The dataset was not built, so the protocol checks did not run: RecBole loaded the saved "
+            f"dataloaders {saved}, which another run may have written. Delete that file and set "
+            "save_dataloaders: False.")
 
 
 def _set_threads(config):
@@ -304,9 +337,10 @@ def evaluate_checkpoint(checkpoint_path, overrides=None):
     for key, value in (overrides or {}).items():
         config[key] = value
     init_seed(config["seed"], config["reproducibility"])
-    _init_logger(config)
+    _init_logger(config, new_run_id())
     data = create_dataset(config)
     _, _, test_data = data_preparation(config, data)
+    _require_protocol_report(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model_obj = resolve_model(config["model"])(config, test_data._dataset).to(config["device"])
     model_obj.load_state_dict(checkpoint["state_dict"])

@@ -52,3 +52,8 @@ def staged_raw_fixtures():
         (root / kept).rename(root / real)
     atexit.register(shutil.rmtree, root.parent, True)
     return root
+
+
+def same_metrics(a, b):
+    """Equal result dicts, NaN equal to NaN (an empty or one-label cold bucket is NaN)."""
+    return a.keys() == b.keys() and all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a)

@@ -6,8 +6,8 @@ import torch
 
 import recbole_psrq.model  # noqa: F401  (registers the metrics)
 from recbole_psrq import quick_start
-from recbole_psrq.evaluation import (ColdAUC, UserAUC, binary_auc, cold_mask, train_item_counts,
-                                     user_auc)
+from recbole_psrq.evaluation import (DEFAULT_COLD_BUCKETS, ColdAUC, UserAUC, binary_auc, bucket_mask,
+                                     cold_buckets, train_item_counts, user_auc)
 from recbole_psrq.errors import ConfigError
 from tests.test_mcca import ALL_METRICS, sid_overrides, write_sid_dataset
 
@@ -32,23 +32,93 @@ def test_binary_auc_by_hand():
     assert math.isnan(binary_auc([0.3, 0.2], [1, 1]))
 
 
-def test_cold_auc_equals_hand_computation():
-    # training counts per item id: item 1 -> 40 (warm), 2 -> 29 (cold), 3 -> 30 (warm), 4 -> 0 (cold),
-    # item 6 is beyond the count table (unseen in training: cold)
-    counts = [0, 40, 29, 30, 0, 5]
-    iids = [1, 2, 2, 3, 4, 4, 6, 1]
-    label = [1, 1, 0, 0, 1, 0, 0, 0]
-    score = [0.9, 0.7, 0.8, 0.1, 0.6, 0.2, 0.5, 0.3]
-    assert cold_mask(iids, counts, 30).tolist() == [False, True, True, False, True, True, True, False]
-    # cold rows: (2,1,.7) (2,0,.8) (4,1,.6) (4,0,.2) (6,0,.5)
-    # positives .7, .6 vs negatives .8, .2, .5: .7 beats .2 .5 (2), .6 beats .2 .5 (2) -> 4/6
-    metric = ColdAUC(_Cfg(metric_decimal_place=6, cold_item_threshold=30))
+BUCKETS = {"coldauc": {"max_count": 29}, "coldauc_strict": {"max_count": 5},
+           "coldauc_unseen": {"max_count": 0, "count": "all"}}
+# training counts per item id 0..6; item 7 is beyond the table (unknown to the training split: 0)
+COUNTS_ALL = [0, 40, 29, 30, 3, 6, 0]
+COUNTS_POSITIVE = [0, 35, 29, 10, 0, 5, 0]
+ROWS = [  # (item, label, score)
+    (1, 1, .9), (2, 1, .7), (2, 0, .8), (3, 0, .1), (4, 1, .6), (4, 0, .2), (5, 1, .4), (6, 0, .5),
+    (7, 1, .3), (1, 0, .35),
+]
+
+
+def _cold_struct(rows=ROWS):
+    iids, label, score = zip(*rows)
     struct = _struct(rec_score=score, data_label=label, data_iid=iids)
-    struct.set("data.train_item_count", torch.tensor(counts))
-    assert metric.calculate_metric(struct) == {"coldauc": round(4 / 6, 6)}
-    # threshold 41: every row is cold -> plain AUC over all rows
-    metric41 = ColdAUC(_Cfg(metric_decimal_place=6, cold_item_threshold=41))
-    assert metric41.calculate_metric(struct)["coldauc"] == round(binary_auc(score, label), 6)
+    struct.set("data.train_item_count", torch.tensor([COUNTS_ALL, COUNTS_POSITIVE]))
+    return struct
+
+
+def _cold(buckets=BUCKETS, cold_count="all", **extra):
+    return ColdAUC(_Cfg(metric_decimal_place=6, cold_buckets=buckets, cold_count=cold_count, **extra))
+
+
+def test_bucket_membership_by_hand():
+    iids = [r[0] for r in ROWS]
+    # at most 29 rows of any label: items 2 (29), 4 (3), 5 (6), 6 (0), 7 (unknown)
+    assert bucket_mask(iids, COUNTS_ALL, 29).tolist() == [0, 1, 1, 0, 1, 1, 1, 1, 1, 0]
+    # at most 29 label-1 rows: item 3 (10 positives of 30 rows) joins
+    assert bucket_mask(iids, COUNTS_POSITIVE, 29).tolist() == [0, 1, 1, 1, 1, 1, 1, 1, 1, 0]
+    assert bucket_mask(iids, COUNTS_ALL, 5).tolist() == [0, 0, 0, 0, 1, 1, 0, 1, 1, 0]
+    assert bucket_mask(iids, COUNTS_POSITIVE, 5).tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 0]
+    assert bucket_mask(iids, COUNTS_ALL, 0).tolist() == [0, 0, 0, 0, 0, 0, 0, 1, 1, 0]
+
+
+@pytest.mark.parametrize("cold_count, expected", [
+    # all rows: coldauc = rows 1 2 4 5 6 7 8: positives .7 .6 .4 .3 vs negatives .8 .2 .5 -> 6/12;
+    # strict = rows 4 5 7 8: .6 .3 vs .2 .5 -> 3/4; unseen = rows 7 8: .3 vs .5 -> 0
+    ("all", {"coldauc": (6 / 12, 7), "coldauc_strict": (3 / 4, 4), "coldauc_unseen": (0.0, 2)}),
+    # label-1 rows: coldauc gains row 3 (negative .1) -> 10/16; strict gains row 6 (positive .4) ->
+    # .6 .4 .3 vs .2 .5 -> 4/6; unseen counts all rows whatever cold_count says -> unchanged
+    ("positive", {"coldauc": (10 / 16, 8), "coldauc_strict": (4 / 6, 5), "coldauc_unseen": (0.0, 2)}),
+])
+def test_cold_buckets_equal_hand_computation(cold_count, expected):
+    result = _cold(cold_count=cold_count).calculate_metric(_cold_struct())
+    want = {}
+    for name, (auc, rows) in expected.items():
+        want.update({name: round(auc, 6), f"{name}_rows": rows, f"{name}_share": round(rows / len(ROWS), 6)})
+    assert result == want
+
+
+def test_a_bucket_without_rows_or_with_one_label_is_nan_with_a_reason(caplog):
+    buckets = {"coldauc_unseen": {"max_count": 0, "count": "all"}, "none": {"max_count": 0, "count": "all"}}
+    warm_and_unknown = [(1, 1, .9), (1, 0, .1), (7, 1, .3), (6, 1, .2)]
+    with caplog.at_level("WARNING"):
+        result = _cold(buckets={"coldauc_unseen": buckets["coldauc_unseen"]}).calculate_metric(
+            _cold_struct(warm_and_unknown))
+    assert math.isnan(result["coldauc_unseen"]) and result["coldauc_unseen_rows"] == 2
+    assert "bucket 'coldauc_unseen'" in caplog.text and "2 evaluated rows all have label 1" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        result = _cold(buckets={"none": 0}).calculate_metric(_cold_struct([(1, 1, .9), (1, 0, .1)]))
+    assert math.isnan(result["none"]) and (result["none_rows"], result["none_share"]) == (0, 0.0)
+    assert "bucket 'none'" in caplog.text and "has no evaluated row" in caplog.text
+
+
+@pytest.mark.parametrize("buckets, extra, message", [
+    ({"coldauc": {"max_count": -1}}, {}, "integer N >= 0"),
+    ({"coldauc": {"max_count": 3, "count": "most"}}, {}, "cold_count must be one of"),
+    ({"coldauc": {"threshold": 30}}, {}, "must be {max_count: N}"),
+    ({"auc": 5}, {}, "must not be another metric's name"),
+    ({}, {}, "cold_buckets must map"),
+    (BUCKETS, {"cold_item_threshold": 10},
+     r"cold_item_threshold \(10\) .* cold_buckets: \{coldauc: \{max_count: 9\}"),
+])
+def test_bad_cold_bucket_config_is_a_config_error(buckets, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        _cold(buckets=buckets, **extra)
+
+
+def test_default_buckets_and_the_former_threshold():
+    config = quick_start.build_config("DeepFM", overrides={"sid_modalities": []})
+    assert config["cold_buckets"] == DEFAULT_COLD_BUCKETS == BUCKETS
+    assert [b.name for b in cold_buckets(config)] == ["coldauc", "coldauc_strict", "coldauc_unseen"]
+    # the bucket coldauc (at most 29) is the former cold_item_threshold 30 (fewer than 30): accepted
+    legacy = _Cfg(cold_buckets=BUCKETS, cold_item_threshold=30)
+    assert [b.max_count for b in cold_buckets(legacy)] == [29, 5, 0]
+    shorthand = _Cfg(cold_buckets={"x": 3}, cold_count="positive")
+    assert [(b.max_count, b.count) for b in cold_buckets(shorthand)] == [(3, "positive")]
 
 
 def test_user_auc_equals_hand_computation():

@@ -129,3 +129,39 @@ def test_runner_uses_positive_histories_for_sequential_ctr_models(hist_data):
     dataset = quick_start.create_dataset(config)
     dataset.build()
     assert _histories(dataset) == _expected(2)
+
+
+def test_rows_sharing_a_timestamp_are_not_in_each_others_history():
+    uids = np.array([1, 1, 1, 1, 2])
+    positive = np.ones(5, dtype=bool)
+    times = np.array([10, 20, 20, 30, 20])
+    index, valid, length = positive_history_index(uids, positive, 3, times)
+    assert length.tolist() == [0, 1, 1, 3, 0]
+    assert index[2][valid[2]].tolist() == [0]  # not row 1, which has the same time
+    assert index[3][valid[3]].tolist() == [0, 1, 2]
+
+
+def test_history_negatives_avoid_the_users_positives_up_to_the_row_and_are_seeded():
+    from recbole_psrq.data.history import sample_history_negatives
+
+    # user 1 has positives for items 1..4 (in time order) and one label-0 row; 6 items (ids 1..5)
+    uids = np.array([1, 1, 1, 1, 1, 2])
+    items = np.array([1, 2, 5, 3, 4, 1])
+    positive = np.array([1, 1, 0, 1, 1, 1], dtype=bool)
+    times = np.arange(6)
+    runs = [sample_history_negatives(uids, items, positive, times, 6, seed=0) for _ in range(200)]
+    assert all(np.array_equal(r, runs[0]) for r in runs)
+    many = np.stack([sample_history_negatives(uids, items, positive, times, 6, seed=s) for s in range(300)])
+    assert set(many[:, 0]) == {2, 3, 4, 5}           # row 0: item 1 is positive at that time
+    assert set(many[:, 3]) == {4, 5}                 # row 3: items 1, 2, 3 are
+    assert set(many[:, 4]) == {5}                    # row 4: only item 5 is left
+    assert set(many[:, 1]) == {3, 4, 5}              # later positives (3, 4) may be a row's negative
+
+
+def test_history_negatives_name_a_user_with_every_item_positive():
+    from recbole_psrq.data.history import sample_history_negatives
+    from recbole_psrq.errors import DataFormatError
+
+    with pytest.raises(DataFormatError, match="user id 7 has a positive row for"):
+        sample_history_negatives(np.array([7, 7]), np.array([1, 2]), np.array([1, 1], dtype=bool),
+                                 np.array([0, 1]), 3, seed=0)

@@ -7,7 +7,7 @@ import pytest
 import run_recbole_psrq
 from recbole_psrq import quick_start
 from recbole_psrq.errors import ConfigError, DataFormatError
-from tests.conftest import one_epoch
+from tests.conftest import one_epoch, same_metrics
 
 
 def _cli(argv, capsys):
@@ -82,7 +82,7 @@ def test_run_trains_evaluates_and_writes_json(model, metric, tiny_data_path, wor
     assert 0.0 <= result["test_result"][metric] <= 1.0
     with open(result["result_file"]) as f:
         written = json.load(f)
-    assert written["test_result"] == result["test_result"]
+    assert same_metrics(written["test_result"], result["test_result"])
     assert os.path.dirname(result["result_file"]) == os.path.dirname(result["log_file"])
     assert os.path.isfile(result["checkpoint"])
 
@@ -102,3 +102,16 @@ def test_checkpoint_reloads_in_a_fresh_process_with_same_metrics(tiny_data_path,
     last = proc.stdout.strip().splitlines()[-1]
     expected = "test result: " + quick_start.format_metrics(result["test_result"])
     assert last == expected
+
+
+@pytest.mark.slow
+def test_result_json_records_the_seeds_and_the_protocol_checks(tiny_data_path, workdir):
+    result = quick_start.run("DeepFM", overrides=one_epoch(tiny_data_path, seed=3))
+    with open(result["result_file"]) as f:
+        written = json.load(f)
+    assert written["seeds"] == {"seed": 3, "sid_seed": None}
+    report = written["protocol_checks"]
+    assert report["checks"] == {"every_row_a_candidate": "passed"}
+    assert report["test_rows"] == 262 and len(report["test_digest"]) == 64
+    assert written["run_id"] in os.path.basename(written["checkpoint"])
+    assert written["run_id"] in os.path.basename(written["log_file"])

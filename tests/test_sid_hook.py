@@ -9,7 +9,7 @@ from recbole_psrq.data import sid_fields
 from recbole_psrq.data.embeddings import load_item_embeddings, save_item_embeddings
 from recbole_psrq.data.sid_fields import compute_sid_tokens
 from recbole_psrq.errors import ConfigError, DataFormatError
-from tests.conftest import one_epoch
+from tests.conftest import one_epoch, same_metrics
 
 SID = {"sid_codebook_size": 8, "sid_levels": 3}
 
@@ -139,4 +139,27 @@ def test_din_consumes_text_sid_by_config_alone(tiny_data_path, workdir):
     assert 0 <= result["test_result"]["auc"] <= 1
     assert os.listdir(workdir / "saved" / "sid_cache" / "synthetic_music")[0].startswith("text_sid-psrq-")
     # the checkpoint re-evaluation reuses that cache (sid_fit is False there)
-    assert quick_start.evaluate_checkpoint(result["checkpoint"]) == result["test_result"]
+    assert same_metrics(quick_start.evaluate_checkpoint(result["checkpoint"]), result["test_result"])
+
+
+def test_dien_gets_sid_fields_through_the_projects_dataset(tiny_data_path, workdir):
+    config = quick_start.build_config("DIEN", overrides={
+        "data_path": tiny_data_path, "sid_modalities": "['text']", **SID})
+    dataset = quick_start.create_dataset(config)
+    from recbole.data import data_preparation
+
+    train_data, _, _ = data_preparation(config, dataset)
+    codes = train_data._dataset.get_item_feature()["text_sid"]
+    assert codes.shape == (dataset.item_num, 3) and (codes[1:] > 0).all()
+
+
+@pytest.mark.slow
+def test_checkpoint_evaluation_stops_on_a_corrupt_sid_cache_entry(tiny_data_path, workdir):
+    result = quick_start.run("DIN", config_files=[os.path.join(
+        quick_start.PROPERTIES_DIR, "sid", "din_text_sid.yaml")], overrides=one_epoch(tiny_data_path, **SID))
+    cache = workdir / "saved" / "sid_cache" / "synthetic_music"
+    (entry,) = cache.iterdir()
+    table = entry / "sids.npz"
+    table.write_bytes(table.read_bytes()[:200])
+    with pytest.raises(ConfigError, match=f"the cached SIDs in .*{entry.name} are corrupt .*Delete the folder"):
+        quick_start.evaluate_checkpoint(result["checkpoint"])

@@ -11,5 +11,6 @@ over seeds, paired t-test against the table's baseline on the same seeds, wall t
 the command, git commit and package versions that produced them.
 """
 # Modules: suites (experiments, budgets, metrics), runner (one process per run, resume), stats (mean ±
-# std, paired t-test), report (md/csv/tex, environment), plots (PNGs), cli (main; __main__ runs it).
+# std, paired t-test), checks (same test rows per table, clean commit), report (md/csv/tex, environment),
+# plots (PNGs), cli (main; __main__ runs it).
 # Importing this package imports none of them: nothing beyond `import recbole_psrq` (no RecBole, no torch).

@@ -9,7 +9,8 @@ import sys
 from recbole_psrq import benchmark
 from recbole_psrq.benchmark.plots import plot_metrics, plot_sid_drift
 from recbole_psrq.benchmark.report import environment, write_csv, write_latex, write_markdown
-from recbole_psrq.benchmark.runner import collect_runs, shown_path
+from recbole_psrq.benchmark.checks import IntegrityError, check_same_test_rows, dirty_sources
+from recbole_psrq.benchmark.runner import collect_runs, git_state, shown_path
 from recbole_psrq.benchmark.stats import summarize
 from recbole_psrq.benchmark.suites import BUDGETS, SUITES
 
@@ -27,6 +28,9 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="default: results/<dataset>")
     parser.add_argument("--only", default="", help="comma-separated experiment names to run")
     parser.add_argument("--report-only", action="store_true", help="aggregate finished runs only")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="write the report although the tree or a run had uncommitted changes (results.md "
+                             "then says so); refused otherwise")
     args, unknown = parser.parse_known_args(argv)
     bad_args = [item for item in unknown if not (item.startswith("--") and "=" in item)]
     if bad_args:
@@ -56,9 +60,23 @@ def main(argv=None):
     command = "python -m recbole_psrq.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
     records_by_exp, records, missing = collect_runs(suite, budgets, seeds, args.dataset, out, extra,
                                                    only, args.report_only, log)
+    try:
+        check_same_test_rows(records_by_exp, suite)
+    except IntegrityError as e:
+        log(f"error: {e}")
+        return 2
+    tree = git_state()
+    not_clean = dirty_sources(records, tree)
+    if not_clean and not args.allow_dirty:
+        log("error: refusing to write a report that is not from a clean commit:\n  "
+            + "\n  ".join(not_clean[:10]) + ("\n  ..." if len(not_clean) > 10 else "")
+            + "\nCommit the changes and rerun the affected runs, or pass --allow-dirty (results.md then "
+              "says so).")
+        return 2
     rows = summarize(records_by_exp, suite, budgets, seeds)
-    env = environment()
-    write_markdown(os.path.join(out, "results.md"), rows, command, env, args.dataset, seeds, missing)
+    env = environment(tree)
+    write_markdown(os.path.join(out, "results.md"), rows, command, env, args.dataset, seeds, missing,
+                   not_clean)
     write_csv(os.path.join(out, "results.csv"), records)
     write_latex(os.path.join(out, "results.tex"), rows)
     plots = plot_metrics(out, rows)

@@ -3,16 +3,15 @@ package versions, git commit, date) recorded with them."""
 import csv
 import datetime
 import json
-import subprocess
 import sys
 
 import numpy as np
 
-from recbole_psrq.benchmark.suites import BUDGETS, CTR_METRICS, TABLE_TITLES, TOPK_METRICS
-from recbole_psrq.quick_start import PROJECT_ROOT
+from recbole_psrq.benchmark.suites import BUDGETS, COLD_BUCKETS, CTR_METRICS, TABLE_TITLES, TOPK_METRICS
 
 
-def environment():
+def environment(tree):
+    """Python, package versions, date and the commit of ``tree`` (:func:`runner.git_state`)."""
     import importlib.metadata as md
 
     versions = {}
@@ -21,15 +20,8 @@ def environment():
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
             versions[name] = "not installed"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                                text=True).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit, dirty = "unknown", ""
     return {"python": sys.version.split()[0], "packages": versions,
-            "git_commit": commit + (" (with uncommitted changes)" if dirty else ""),
+            "git_commit": tree["commit"] + (" (with uncommitted changes)" if tree["dirty"] else ""),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
@@ -50,7 +42,17 @@ def _table_blocks(rows):
                 yield title, budget, table_rows, metrics
 
 
-def write_markdown(path, rows, command, env, dataset, seeds, missing):
+def _cold_bucket_line(table_rows):
+    """The cold buckets' size on the table's test rows (the same rows for every run of a table)."""
+    sizes = next((r["cold_rows"] for r in table_rows if r.get("cold_rows")), None)
+    if not sizes:
+        return []
+    parts = [f"`{b}` {int(n):,} rows ({share:.1%})" for b, (n, share) in sizes.items()]
+    return ["Cold buckets on these test rows: " + ", ".join(parts) + ". A bucket with no rows, or one "
+            "label only, has no AUC (–).", ""]
+
+
+def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=()):
     lines = [f"# Benchmark results: {dataset}", "",
              f"Command: `{command}`  ", f"Seeds: {seeds}  ", f"Git commit: {env['git_commit']}  ",
              f"Date: {env['date']}  ", f"Python {env['python']}; " +
@@ -58,7 +60,11 @@ def write_markdown(path, rows, command, env, dataset, seeds, missing):
              "Cells: mean ± std over seeds on the test split. Budget `one_epoch`: the model after one epoch "
              "(nothing to select); `early_stop`: the checkpoint with the best validation score. "
              "p = two-sided paired t-test against the table's baseline (DIN for T2-T4, SASRec for "
-             "top-k) on the same seeds. LogLoss: lower is better.", ""]
+             "top-k) on the same seeds. LogLoss: lower is better. Floors are training-free scores on the same "
+             "test rows (their LogLoss is meaningless: the scores are not probabilities).", ""]
+    if not_clean:
+        lines += ["## Not from a clean commit (aggregated with `--allow-dirty`)", ""] + [
+            f"- {reason}" for reason in not_clean] + [""]
     for title, budget, table_rows, metrics in _table_blocks(rows):
         lines += [f"## {title} — budget `{budget}`", "",
                   "| method | seeds | " + " | ".join(metrics) + " | wall s/run |",
@@ -68,6 +74,7 @@ def write_markdown(path, rows, command, env, dataset, seeds, missing):
             name = f"**{r['name']}** (baseline)" if r["is_baseline"] else r["name"]
             lines.append(f"| {name} | {r['n']} | " + " | ".join(cells) + f" | {r['wall']:.0f} |")
         lines.append("")
+        lines += _cold_bucket_line(table_rows)
     if missing:
         lines += ["## Runs not (yet) finished", ""] + [f"- {m}" for m in missing] + [""]
     with open(path, "w") as f:

@@ -26,9 +26,22 @@ def run_key(experiment):
     return safe[:150]
 
 
+def run_code_files():
+    """The code a run executes: the runner script and every module of the package except the benchmark
+    driver itself (its report writers do not change what a run computes)."""
+    package = os.path.join(PROJECT_ROOT, "recbole_psrq")
+    driver = os.path.join(package, "benchmark")
+    files = [os.path.join(PROJECT_ROOT, "run_recbole_psrq.py")]
+    for folder, subfolders, names in os.walk(package):
+        subfolders[:] = sorted(d for d in subfolders if d != "__pycache__"
+                               and os.path.join(folder, d) != driver)
+        files += [os.path.join(folder, n) for n in sorted(names) if n.endswith(".py")]
+    return files
+
+
 def config_fingerprint(experiment, dataset):
-    """Hash of the yaml files the run is built from: editing the protocol, dataset or model settings
-    gives new runs instead of mixing results made under different settings."""
+    """Hash of the yaml files the run is built from and of the code it runs: editing the protocol, the
+    dataset or model settings, or the code gives new runs instead of mixing results made differently."""
     import hashlib
 
     from recbole_psrq import quick_start
@@ -36,7 +49,7 @@ def config_fingerprint(experiment, dataset):
     protocol = experiment.overrides.get("protocol") or quick_start.default_protocol(
         quick_start.resolve_model(experiment.model))
     digest = hashlib.sha256()
-    for path in quick_start.config_file_list(experiment.model, dataset, protocol):
+    for path in quick_start.config_file_list(experiment.model, dataset, protocol) + run_code_files():
         with open(path, "rb") as f:
             digest.update(os.path.relpath(path, PROJECT_ROOT).encode() + b"\0" + f.read())
     return digest.hexdigest()[:10]
@@ -54,13 +67,17 @@ def run_one(experiment, budget, seed, dataset, out, extra_overrides, log):
         log(f"skip   {budget:10s} {experiment.name:16s} seed {seed} (done: {shown_path(path)})")
         with open(path) as f:
             return json.load(f)
-    # one torch thread per run: on small shared machines 2 threads were measured ~7x slower
-    overrides = {"torch_threads": 1, **BUDGETS[budget], **extra_overrides, **experiment.overrides,
-                 "seed": seed}
+    # one torch thread per run: on small shared machines 2 threads were measured ~7x slower.
+    # The seed drives every seeded step of the run, the SIDs' k-means included, so the quantizers'
+    # variance is part of the spread over seeds. SIDs are cached by content + config in one folder for
+    # the whole suite (entries are written atomically and verified when read).
+    overrides = {"torch_threads": 1, "sid_cache_dir": os.path.join(out, "runs", "sid_cache"),
+                 **BUDGETS[budget], **extra_overrides, **experiment.overrides, "seed": seed, "sid_seed": seed}
     command = [sys.executable, os.path.join(PROJECT_ROOT, "run_recbole_psrq.py"),
                f"--model={experiment.model}", f"--dataset={dataset}"]
     command += [f"--{k}={v}" for k, v in overrides.items()]
-    workdir = os.path.join(out, "runs", "work")
+    # a working folder per run: its log, checkpoint and result JSON are nobody else's
+    workdir = os.path.join(os.path.dirname(path), f"seed{seed}.work")
     os.makedirs(workdir, exist_ok=True)
     log(f"run    {budget:10s} {experiment.name:16s} seed {seed}")
     start = time.time()
@@ -77,13 +94,27 @@ def run_one(experiment, budget, seed, dataset, out, extra_overrides, log):
         result = json.load(f)
     record = {"model": experiment.model, "overrides": experiment.overrides, "budget": budget,
               "seed": seed, "wall_seconds": wall, "test_result": result["test_result"],
-              "best_valid_result": result["best_valid_result"],
-              "command": " ".join(command[1:]), "log_file": result["log_file"]}
+              "best_valid_result": result["best_valid_result"], "protocol": result.get("protocol_checks"),
+              "git": git_state(), "command": " ".join(command[1:]),
+              "log_file": os.path.join(workdir, result["log_file"])}
     with atomic_open(path, "w") as f:  # only a finished run leaves a record: a killed one is rerun
         json.dump(record, f, indent=2)
     log(f"done   {budget:10s} {experiment.name:16s} seed {seed} in {wall:.0f}s: "
         f"{_short(result['test_result'])}")
     return record
+
+
+def git_state():
+    """The commit of the code that ran, and the paths with uncommitted changes (empty on a clean tree);
+    results/ is left out: the suite writes there while it runs."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True).stdout.strip() or "unknown"
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True).stdout.splitlines()
+    except OSError:
+        return {"commit": "unknown", "dirty": []}
+    return {"commit": commit, "dirty": [line[3:] for line in status if not line[3:].startswith("results/")]}
 
 
 def _short(metrics):

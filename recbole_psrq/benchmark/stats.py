@@ -1,7 +1,7 @@
 """Statistics over seeds: mean ± std per metric and a paired t-test against the table's baseline."""
 import numpy as np
 
-from recbole_psrq.benchmark.suites import BASELINES, CTR_METRICS, TOPK_METRICS
+from recbole_psrq.benchmark.suites import BASELINES, COLD_BUCKETS, CTR_METRICS, TOPK_METRICS
 
 
 def paired_ttest(values, baseline):
@@ -31,12 +31,15 @@ def summarize(records_by_exp, suite, budgets, seeds):
                    "wall": float(np.mean([r["wall_seconds"] for r in records.values()]))}
             for metric in metric_names:
                 values = [r["test_result"].get(metric) for r in records.values()]
-                if any(v is None for v in values):
+                if any(v is None or v != v for v in values):  # absent, or NaN (e.g. an empty cold bucket)
                     continue
                 paired = [s for s in records if s in base_records]
                 p = paired_ttest([records[s]["test_result"][metric] for s in paired],
                                  [base_records[s]["test_result"][metric] for s in paired])
                 row["metrics"][metric] = (float(np.mean(values)), float(np.std(values, ddof=1))
                                           if len(values) > 1 else 0.0, p)
+            first = next(iter(records.values()))["test_result"]
+            row["cold_rows"] = {b: (first[f"{b}_rows"], first[f"{b}_share"]) for b in COLD_BUCKETS
+                                if f"{b}_rows" in first}
             rows.append(row)
     return rows

@@ -9,7 +9,9 @@ BUDGETS = {
     "one_epoch": {"epochs": 1, "eval_step": 0},
     "early_stop": {"epochs": 20, "stopping_step": 2},
 }
-CTR_METRICS = ["auc", "coldauc", "userauc", "logloss"]  # userauc = GAUC (value-type)
+CTR_METRICS = ["auc", "coldauc", "coldauc_strict", "coldauc_unseen", "userauc", "logloss"]  # userauc = GAUC
+# the default cold buckets (``cold_buckets`` in properties/overall.yaml): each reports <bucket>_rows/_share
+COLD_BUCKETS = ["coldauc", "coldauc_strict", "coldauc_unseen"]
 TOPK_METRICS = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@10"]
 SMALLER_IS_BETTER = {"logloss"}
 POINTWISE_NEGATIVES = {"train_neg_sample_args": "{'distribution': 'uniform', 'sample_num': 1}"}
@@ -30,23 +32,31 @@ def _din_sid(quantizer, levels=3):
 SEQ_TEXT_SID = {"sid_modalities": "['text']", "selected_features": "['text_sid']"}
 
 
+def floors(table):
+    """The training-free reference rows of a CTR table, scored on the same test rows as its models."""
+    return [Experiment(table, "Floor: popularity", "PopularityFloor"),
+            Experiment(table, "Floor: content (text)", "ContentFloor")]
+
+
 PAPER_SUITE = [
     Experiment("T2", "DIN", "DIN"),
-    # RecBole's DIEN (GRU) cannot take an empty history: it scores only rows with >= 1 earlier positive
-    Experiment("T2", "DIEN", "DIEN", {"history_min_length": 1}),
+    Experiment("T2", "DIEN", "DIEN"),
     Experiment("T2", "DeepFM", "DeepFM"),
     Experiment("T2", "WideDeep", "WideDeep"),
     Experiment("T2", "PSRQ+MCCA", "MCCA"),
+    *floors("T2"),
     Experiment("T3", "DIN", "DIN"),
     Experiment("T3", "DIN+PQ", "DIN", _din_sid("pq", 4)),
     Experiment("T3", "DIN+VQ", "DIN", _din_sid("vq", 1)),
     Experiment("T3", "DIN+RQ", "DIN", _din_sid("rq_kmeans")),
     Experiment("T3", "DIN+RQ-VAE", "DIN", _din_sid("rq_vae")),
     Experiment("T3", "DIN+PSRQ", "DIN", _din_sid("psrq")),
+    *floors("T3"),
     Experiment("T4", "DIN", "DIN"),
     Experiment("T4", "MCCA w/o MSC", "MCCA", {"mcca_variant": "wo_msc"}),
     Experiment("T4", "MCCA w/o MJC", "MCCA", {"mcca_variant": "wo_mjc"}),
     Experiment("T4", "PSRQ+MCCA", "MCCA"),
+    *floors("T4"),
     Experiment("TopK", "SASRec", "SASRec"),
     Experiment("TopK", "GRU4Rec", "GRU4Rec"),
     Experiment("TopK", "BERT4Rec", "BERT4Rec"),
@@ -60,7 +70,8 @@ SUITES = {
     "smoke": [Experiment("T2", "DIN", "DIN"), Experiment("T2", "DeepFM", "DeepFM")],
     # MCCA against DIN with and without SIDs, and the ablations (issue 4's default-dataset check)
     "mcca": [e for e in PAPER_SUITE if e.table in ("T3", "T4")
-             and e.name in ("DIN", "DIN+PSRQ", "MCCA w/o MSC", "MCCA w/o MJC", "PSRQ+MCCA")],
+             and (e.name in ("DIN", "DIN+PSRQ", "MCCA w/o MSC", "MCCA w/o MJC", "PSRQ+MCCA")
+                  or e.model.endswith("Floor"))],
 }
 BASELINES = {"T2": "DIN", "T3": "DIN", "T4": "DIN", "TopK": "SASRec"}
 TABLE_TITLES = {

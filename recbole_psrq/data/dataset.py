@@ -1,4 +1,5 @@
-"""RecBole dataset classes with the semantic-ID hook, and the project's ``create_dataset``.
+"""RecBole dataset classes with the semantic-ID hook and the protocol checks, and the project's
+``create_dataset``.
 
 :class:`SIDFieldsMixin` overrides ``Dataset._load_data``: after RecBole has read the atomic files (raw
 tokens, before remapping and filtering), it adds the item fields ``text_sid`` / ``audio_sid`` /
@@ -18,15 +19,27 @@ RecBole remaps, filters and serves them like any loaded item feature. Config key
     sid_report_label_column: genre         # .item column for the drift report (optional)
     sid_max_missing_fraction: 0.5
     sid_fit: True                          # False: a missing cache entry is an error (evaluation)
+
+:class:`ProtocolMixin` checks the evaluation protocol when RecBole builds (splits) the dataset and
+records ``protocol_report``: the test rows' count and digest (:func:`rows_digest`; equal digests = the
+same candidate rows) and, under ``protocol: ctr``, the checks that every loaded row is a candidate and
+that histories hold only earlier positive rows (:func:`recbole_psrq.data.history.check_histories`).
+A failed check stops the run.
+
+:func:`create_dataset` builds every model's data through these classes, including the models RecBole
+gives a dataset class of its own (DIEN, and the knowledge-graph models), so every model gets the same
+protocol and the SID fields.
 """
+import hashlib
 import importlib
 import os
 
 import numpy as np
-from recbole.data.dataset import Dataset, SequentialDataset
+from recbole.data.dataset import (DIENDataset, Dataset, GRU4RecKGDataset, KnowledgeBasedDataset,
+                                  KSRDataset, SequentialDataset)
 from recbole.utils import FeatureSource, FeatureType, ModelType
 
-from recbole_psrq.data.history import PositiveHistoryMixin
+from recbole_psrq.data.history import DIENHistoryMixin, PositiveHistoryMixin, check_histories
 from recbole_psrq.data.sid_fields import compute_sid_tokens, read_item_labels
 from recbole_psrq.errors import ConfigError
 
@@ -83,33 +96,114 @@ class SIDFieldsMixin:
                          f"({config['sid_quantizer']}, L={n_levels}, k={config['sid_codebook_size']})")
 
 
-class SIDDataset(SIDFieldsMixin, Dataset):
+class ProtocolMixin:
+    """Checks the protocol when the dataset is built and records ``protocol_report`` (module docstring)."""
+
+    def build(self):
+        fields = [f for f in (self.uid_field, self.iid_field, self.time_field) if f]
+        loaded = self.inter_feat[fields].copy()  # still the loaded rows (RecBole augments in build)
+        if self.time_field:
+            loaded[self.time_field] = loaded[self.time_field].astype(np.float32)  # as RecBole stores it
+        datasets = super().build()
+        checks = {}
+        if self.config["protocol"] == "ctr":
+            if isinstance(self, SequentialDataset):
+                checks.update(check_histories(self))
+            checks["every_row_a_candidate"] = self._check_candidates(loaded, fields)
+        test = datasets[-1]
+        self.protocol_report = {"test_rows": len(test), "test_digest": rows_digest(test),
+                                "checks": checks}
+        return datasets
+
+    def _check_candidates(self, loaded, fields):
+        if len(self.inter_feat) == len(loaded):
+            return "passed"
+        kept = self.inter_feat.interaction
+        kept = {tuple(row) for row in zip(*(kept[f].numpy().tolist() for f in fields))}
+        missing = next(row for row in loaded.itertuples(index=False) if tuple(row) not in kept)
+        example = ", ".join(f"{f} {self.id2token(f, v) if f != self.time_field else v}"
+                            for f, v in zip(fields, missing))
+        raise ConfigError(
+            f"Protocol check 'every_row_a_candidate' failed: {len(loaded) - len(self.inter_feat)} of the "
+            f"{len(loaded)} loaded rows of '{self.dataset_name}' are no candidate row, e.g. ({example}). "
+            f"Under the ctr protocol every model scores every row, so that all models are compared on "
+            f"the same test rows: history_min_length must be 0 or unset (it is "
+            f"{self.config['history_min_length']}; DIEN gets a padded history instead) and "
+            f"history_positive_only True (it is {self.config['history_positive_only']}).")
+
+
+def rows_digest(dataset):
+    """sha256 of a dataset's rows as (user, item, time, label) in raw tokens and values, sorted: two
+    runs score the same candidate rows exactly when their test digests are equal."""
+    inter = dataset.inter_feat
+    columns = [dataset.field2id_token[f][inter[f].numpy()] for f in (dataset.uid_field, dataset.iid_field)]
+    for field in (dataset.time_field, dataset.config["LABEL_FIELD"]):
+        columns.append([repr(float(v)) for v in inter[field].numpy()] if field in inter else
+                       [""] * len(inter))
+    lines = sorted("\t".join(row) for row in zip(*columns))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+class SIDDataset(SIDFieldsMixin, ProtocolMixin, Dataset):
     """RecBole ``Dataset`` (general and context-aware models) with SID item fields."""
 
 
-class SIDSequentialDataset(SIDFieldsMixin, PositiveHistoryMixin, SequentialDataset):
+class SIDSequentialDataset(SIDFieldsMixin, ProtocolMixin, PositiveHistoryMixin, SequentialDataset):
     """RecBole ``SequentialDataset`` with SID item fields and, with ``history_positive_only`` (the CTR
     protocol), histories built from the user's earlier positive rows only."""
 
 
-def create_dataset(config):
-    """Like ``recbole.data.create_dataset``, with the SID hook for general, context-aware and
-    sequential models. RecBole's model-specific dataset classes are kept; they get no SID fields."""
-    recbole_datasets = importlib.import_module("recbole.data.dataset")
-    special = getattr(recbole_datasets, config["model"] + "Dataset", None)
-    if special is not None:
-        if config["sid_modalities"]:
-            raise ConfigError(f"{config['model']} uses RecBole's {special.__name__}, which the SID "
-                              "hook does not extend; set sid_modalities: [] for this model.")
-        return special(config)
-    model_type = config["MODEL_TYPE"]
-    if model_type == ModelType.SEQUENTIAL:
-        return SIDSequentialDataset(config)
-    if model_type in (ModelType.GENERAL, ModelType.CONTEXT, ModelType.TRADITIONAL):
-        return SIDDataset(config)
-    if config["sid_modalities"]:
-        raise ConfigError(f"SID fields are not supported for {model_type.name} models; set "
-                          "sid_modalities: [].")
-    from recbole.data import create_dataset as recbole_create_dataset
+class SIDDIENDataset(SIDFieldsMixin, ProtocolMixin, DIENHistoryMixin, PositiveHistoryMixin, DIENDataset):
+    """RecBole's ``DIENDataset`` under the project's protocol: positive-only histories, padded when
+    empty, and negatives sampled outside the user's positives (recbole_psrq/data/history.py)."""
 
-    return recbole_create_dataset(config)
+
+class SIDKnowledgeBasedDataset(SIDFieldsMixin, ProtocolMixin, KnowledgeBasedDataset):
+    """RecBole ``KnowledgeBasedDataset`` (knowledge-aware models) with SID item fields."""
+
+
+class SIDGRU4RecKGDataset(SIDFieldsMixin, ProtocolMixin, PositiveHistoryMixin, GRU4RecKGDataset):
+    """RecBole's ``GRU4RecKGDataset`` with SID item fields and positive-only histories."""
+
+
+class SIDKSRDataset(SIDFieldsMixin, ProtocolMixin, PositiveHistoryMixin, KSRDataset):
+    """RecBole's ``KSRDataset`` with SID item fields and positive-only histories."""
+
+
+# RecBole's dataset class (what recbole.data.create_dataset would build) -> the project's subclass.
+PROJECT_DATASETS = {
+    "Dataset": SIDDataset,
+    "SequentialDataset": SIDSequentialDataset,
+    "DIENDataset": SIDDIENDataset,
+    "KnowledgeBasedDataset": SIDKnowledgeBasedDataset,
+    "GRU4RecKGDataset": SIDGRU4RecKGDataset,
+    "KSRDataset": SIDKSRDataset,
+}
+_RECBOLE_TYPE_CLASSES = {  # as in recbole.data.utils.create_dataset
+    ModelType.GENERAL: "Dataset",
+    ModelType.SEQUENTIAL: "SequentialDataset",
+    ModelType.CONTEXT: "Dataset",
+    ModelType.KNOWLEDGE: "KnowledgeBasedDataset",
+    ModelType.TRADITIONAL: "Dataset",
+    ModelType.DECISIONTREE: "Dataset",
+}
+
+
+def recbole_dataset_class(model_name, model_type):
+    """Name of the class ``recbole.data.create_dataset`` builds: ``<Model>Dataset`` if RecBole has one,
+    else the class of the model type."""
+    recbole_datasets = importlib.import_module("recbole.data.dataset")
+    special = model_name + "Dataset"
+    return special if hasattr(recbole_datasets, special) else _RECBOLE_TYPE_CLASSES[model_type]
+
+
+def create_dataset(config):
+    """Like ``recbole.data.create_dataset``, but every class it could pick is replaced by the project's
+    subclass with the SID hook and the protocol (``PROJECT_DATASETS``)."""
+    name = recbole_dataset_class(config["model"], config["MODEL_TYPE"])
+    if name not in PROJECT_DATASETS:
+        raise ConfigError(
+            f"{config['model']} needs RecBole's {name}, which has behaviour of its own that the project's "
+            "protocol does not cover yet; add a subclass with SIDFieldsMixin and ProtocolMixin to "
+            "PROJECT_DATASETS in recbole_psrq/data/dataset.py.")
+    return PROJECT_DATASETS[name](config)

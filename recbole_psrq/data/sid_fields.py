@@ -15,10 +15,12 @@ calls :func:`compute_sid_tokens` while RecBole loads a dataset.
   match), the ids almost surely do not correspond and an error names the file and example ids of both
   sides. Embedding rows for items not in the dataset are ignored (logged).
 * **Cache.** Each fit is stored under ``<cache_dir>/<dataset>/<field>-<quantizer>-<key>/`` with the
-  fitted quantizer, the item -> codes table and the quality report, written to a temporary folder and
-  renamed into place (atomic). ``key`` hashes the exact fit input (item ids + matrix) and the
-  quantizer config, so a second run reuses it and a changed embedding file gets a new entry. With
-  ``allow_fit=False`` (checkpoint evaluation) a missing entry is an error, never a refit.
+  fitted quantizer, the item -> codes table, the quality report and, written last, ``manifest.json``
+  with the sha256 of each of them; the folder is written under a temporary name and renamed into place
+  (atomic). ``key`` hashes the exact fit input (item ids + matrix) and the quantizer config, so a second
+  run reuses it and a changed embedding file gets a new entry. An entry is verified against its manifest
+  when read: a corrupt one (truncated, edited, no manifest) is refit with a warning. With
+  ``allow_fit=False`` (checkpoint evaluation) a missing or corrupt entry is an error, never a refit.
 """
 import hashlib
 import json
@@ -27,15 +29,18 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 
 import numpy as np
 
 from recbole_psrq.data.embeddings import load_item_embeddings
 from recbole_psrq.errors import ConfigError, DataFormatError
+from recbole_psrq.io import atomic_open, file_digest
 
 MODALITIES = ("text", "audio")
 SID_FIELDS = {"text": "text_sid", "audio": "audio_sid", "joint": "joint_sid"}
 UNKNOWN = "unk"
+MANIFEST = "manifest.json"
 logger = logging.getLogger(__name__)
 
 
@@ -162,16 +167,22 @@ def _cached_codes(ids, x, modality, settings, quantizer_file, cache_dir, dataset
     field = SID_FIELDS[modality]
     key = _cache_key(ids, x, modality, settings, quantizer_file)
     entry = os.path.join(cache_dir, dataset_name, f"{field}-{settings['quantizer']}-{key}")
-    table = os.path.join(entry, "sids.npz")
-    if os.path.isfile(table):
-        with np.load(table, allow_pickle=False) as data:
-            if not np.array_equal(data["item_id"].astype(str), ids):
-                raise DataFormatError(f"{table}: cached item ids differ from the dataset's; delete "
-                                      f"the folder {entry} and rerun.")
-            codes = data["codes"]
-        logger.info(f"{field}: reusing cached SIDs {entry} (no refit)")
-        return codes
-    if not allow_fit:
+    if os.path.isdir(entry):
+        codes, problem = _read_entry(entry, ids)
+        if problem is None:
+            logger.info(f"{field}: reusing cached SIDs {entry} (no refit)")
+            return codes
+        if not allow_fit:
+            raise ConfigError(
+                f"{field}: the cached SIDs in {entry} are corrupt ({problem}), and this run may not fit "
+                "quantizers (evaluation never refits, so that test-time SIDs equal training-time SIDs). "
+                f"Delete the folder {entry} and rerun the training (it refits and rewrites the entry), "
+                "or restore that folder from a copy."
+            )
+        logger.warning(f"{field}: the cached SIDs in {entry} are corrupt ({problem}); removing the entry "
+                       "and refitting.")
+        _discard_entry(entry)
+    elif not allow_fit:
         raise ConfigError(
             f"{field}: no cached SIDs at {entry}, and this run may not fit quantizers (evaluation "
             "never refits, so that test-time SIDs equal training-time SIDs). Restore that cache "
@@ -209,6 +220,34 @@ def _cached_codes(ids, x, modality, settings, quantizer_file, cache_dir, dataset
     return codes
 
 
+def _read_entry(entry, ids):
+    """``(codes, None)`` from a cache entry that matches its manifest, else ``(None, what is wrong)``."""
+    try:
+        with open(os.path.join(entry, MANIFEST)) as f:
+            expected = json.load(f)["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, f"no readable {MANIFEST}: {type(e).__name__}: {e}"
+    for name in ("sids.npz", *sorted(expected)):
+        path = os.path.join(entry, name)
+        if name not in expected or not os.path.isfile(path):
+            return None, f"{name} is missing"
+        if file_digest(path) != expected[name]:
+            return None, f"{name} does not match the sha256 in {MANIFEST}"
+    with np.load(os.path.join(entry, "sids.npz"), allow_pickle=False) as data:
+        if not np.array_equal(data["item_id"].astype(str), ids):
+            return None, "its item ids differ from the dataset's"
+        return data["codes"], None
+
+
+def _discard_entry(entry):
+    aside = f"{entry}.corrupt-{uuid.uuid4().hex[:8]}"
+    try:
+        os.replace(entry, aside)  # out of the way first: a concurrent reader never sees half of it
+    except OSError:  # another process moved it already
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _write_entry(entry, quantizer, ids, codes, report, settings, modality):
     parent = os.path.dirname(entry)
     os.makedirs(parent, exist_ok=True)
@@ -219,6 +258,10 @@ def _write_entry(entry, quantizer, ids, codes, report, settings, modality):
         with open(os.path.join(tmp, "report.json"), "w") as f:
             json.dump({"modality": modality, "settings": settings, "report": report}, f, indent=2,
                       default=float)
+        # written last: an entry without a manifest, or whose files differ from it, is never used
+        digests = {name: file_digest(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
+        with atomic_open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump({"sha256": digests}, f, indent=2)
         try:
             os.replace(tmp, entry)
         except OSError:  # another process wrote the same entry first; both are identical

@@ -8,6 +8,7 @@ disable_recbole_anomaly_detection()
 
 # registers the ColdAUC / UserAUC metrics with RecBole's evaluator (before any Config is built)
 import recbole_psrq.evaluation  # noqa: E402,F401
+from recbole_psrq.model.floors import ContentFloor, PopularityFloor  # noqa: E402
 from recbole_psrq.model.mcca import MCCA  # noqa: E402
 
-MODELS = {"MCCA": MCCA}
+MODELS = {"MCCA": MCCA, "PopularityFloor": PopularityFloor, "ContentFloor": ContentFloor}

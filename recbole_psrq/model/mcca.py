@@ -23,16 +23,32 @@ Attention (DIN-style, :class:`recbole_psrq.model.layers.ActivationUnit`)
 -----------------------------------------------------------------------
 History = the row's ``item_id_list`` (with the project's ctr protocol: the user's <= 20 most recent
 earlier *positive* rows, see :mod:`recbole_psrq.data.history`); history SID / ID embeddings are looked
-up from the item feature table by item id, as SASRecF does. Separate activation units per branch:
+up from the item feature table by item id, as SASRecF does. Separate activation units per branch.
 
-* full:    query e^joint_t (the target's joint SID embedding) shared by the text, audio and joint
-           histories; ID branch with query e^id_t. MLP input [h_text, h_audio, h_joint, h_id, e_id_t, e_joint_t].
-* wo_msc:  ("w/o modal-specific codebooks") only the joint codebook: no text/audio tables or units
-           exist. MLP input [h_joint, h_id, e_id_t, e_joint_t].
-* wo_mjc:  ("w/o modal-joint codebook") no joint table or unit; the text and audio histories use their
-           own target SID embedding (e^text_t, e^audio_t) as query. MLP input
-           [h_text, h_audio, h_id, e_id_t, e_text_t, e_audio_t] (the target's joint embedding is
-           replaced by its text and audio ones, so the target's content still enters the MLP).
+Variants and the ablation policy
+--------------------------------
+A variant is the set of SID codebooks it keeps (``VARIANTS``); everything else follows from three rules,
+so an ablation differs from the full model only in the codebook it removes:
+
+1. **Branches**: one attention branch per kept codebook, plus the ID branch (query e^id_t) always.
+2. **Query** of every SID branch: the target's joint SID embedding e^joint_t (the paper's shared
+   multimodal-joint query) when the joint codebook is kept; without it, each branch's own codebook's
+   target embedding (e^text_t for text, e^audio_t for audio) -- the SPEC's definition of w/o MJC, and
+   the only target content such a variant has.
+3. **MLP input**: the pooled history of every branch, e_id_t, and e^joint_t when the joint codebook is
+   kept -- the paper's target features. The modal-specific target embeddings are never MLP inputs (the
+   paper's full model has none), so removing a codebook removes its table, its branch and every use of
+   its embedding (as query, as MLP input) and substitutes nothing in the MLP.
+
+* full:    text, audio, joint. Queries: e^joint_t for the three SID branches.
+           MLP [h_text, h_audio, h_joint, h_id, e_id_t, e_joint_t] (the paper's model).
+* wo_msc:  ("w/o modal-specific codebooks") joint only; no text/audio tables or units exist.
+           Query e^joint_t. MLP [h_joint, h_id, e_id_t, e_joint_t].
+* wo_mjc:  ("w/o modal-joint codebook") text, audio; no joint table or unit. Queries e^text_t,
+           e^audio_t. MLP [h_text, h_audio, h_id, e_id_t]: full minus h_joint and e_joint_t.
+
+So full vs wo_mjc measures the joint codebook in all three of its roles (history branch, shared query,
+target feature); its query role cannot be removed without the substitution in rule 2.
 
 Weights are not softmax-normalised; padding positions are masked to weight 0 (``attention_weight``:
 ``none`` = raw DIN weights, ``sigmoid`` = weights in (0, 1)).
@@ -53,12 +69,11 @@ from recbole_psrq.errors import ConfigError
 from recbole_psrq.model.layers import (ACTIVATIONS, ATTENTION_INPUTS, WEIGHT_ACTIVATIONS, ActivationUnit,
                                       length_mask)
 
-CODEBOOKS = ("text", "audio", "joint")
+# variant -> the SID codebooks it keeps; branches, queries and MLP inputs follow (module docstring)
 VARIANTS = {
-    # variant -> (codebooks with an attention branch, codebooks whose target embedding enters the MLP)
-    "full": (("text", "audio", "joint"), ("joint",)),
-    "wo_msc": (("joint",), ("joint",)),
-    "wo_mjc": (("text", "audio"), ("text", "audio")),
+    "full": ("text", "audio", "joint"),
+    "wo_msc": ("joint",),
+    "wo_mjc": ("text", "audio"),
 }
 
 
@@ -101,8 +116,12 @@ class MCCA(SequentialRecommender):
             raise ConfigError(f"Unknown attention_activation '{attention_activation}'; use one of "
                               f"{', '.join(ACTIVATIONS)}.")
 
-        self.branches, self.target_codebooks = VARIANTS[self.variant]
-        self.codebooks = tuple(z for z in CODEBOOKS if z in self.branches or z in self.target_codebooks)
+        self.codebooks = VARIANTS[self.variant]
+        self.branches = self.codebooks                                            # rule 1
+        self.target_codebooks = ("joint",) if "joint" in self.codebooks else ()   # rule 3
+        # names of the MLP's input blocks, in concatenation order (h_*: pooled histories, e_*: target)
+        self.mlp_inputs = tuple([f"h_{b}" for b in self.branches] + ["h_id", "e_id"] +
+                                [f"e_{z}" for z in self.target_codebooks])
         sid_tokens = self._check_sid_fields(config, dataset)
 
         d = self.embedding_size
@@ -119,7 +138,7 @@ class MCCA(SequentialRecommender):
         self.attention = nn.ModuleDict({z: ActivationUnit(d, **unit) for z in self.branches})
         self.attention["id"] = ActivationUnit(d, **unit)
 
-        mlp_in = (len(self.branches) + 1 + 1 + len(self.target_codebooks)) * d
+        mlp_in = len(self.mlp_inputs) * d
         layers = []
         for n_in, n_out in zip([mlp_in] + self.mlp_hidden_size[:-1], self.mlp_hidden_size):
             layers += [nn.Dropout(self.dropout_prob), nn.Linear(n_in, n_out), nn.ReLU()]
@@ -182,19 +201,19 @@ class MCCA(SequentialRecommender):
     def _query(self, branch, target):
         if branch == "id":
             return target["id"]
-        return target["joint"] if self.variant != "wo_mjc" else target[branch]
+        return target["joint"] if "joint" in self.codebooks else target[branch]
 
     def _logits(self, hist, mask, target, cross=False, return_weights=False):
-        pooled, weights = [], {}
+        blocks, weights = {}, {}
         for branch in list(self.branches) + ["id"]:
-            h, w = self.attention[branch](hist[branch], self._query(branch, target), mask, cross=cross)
-            pooled.append(h)
-            weights[branch] = w
-        target_parts = [target["id"]] + [target[z] for z in self.target_codebooks]
-        if cross:  # (C, d) candidate embeddings broadcast over the B history rows
-            batch = pooled[0].shape[0]
-            target_parts = [t.unsqueeze(0).expand(batch, -1, -1) for t in target_parts]
-        logits = self.predict_layer(self.mlp(torch.cat(pooled + target_parts, dim=-1))).squeeze(-1)
+            blocks[f"h_{branch}"], weights[branch] = self.attention[branch](
+                hist[branch], self._query(branch, target), mask, cross=cross)
+        for z in ["id", *self.target_codebooks]:
+            # cross: (C, d) candidate embeddings broadcast over the B history rows
+            blocks[f"e_{z}"] = target[z].unsqueeze(0).expand(blocks["h_id"].shape[0], -1, -1) \
+                if cross else target[z]
+        mlp_input = torch.cat([blocks[name] for name in self.mlp_inputs], dim=-1)
+        logits = self.predict_layer(self.mlp(mlp_input)).squeeze(-1)
         return (logits, weights) if return_weights else logits
 
     # ------------------------------------------------------------------ RecBole API

@@ -1,0 +1,55 @@
+"""What the benchmark refuses to report: CTR runs of one table scored on different test rows, and
+results made from (or aggregated in) a tree with uncommitted changes unless ``--allow-dirty``."""
+from recbole_psrq.errors import PSRQError
+
+
+class IntegrityError(PSRQError):
+    """A report would compare runs that are not comparable, or could not be traced to a commit."""
+
+
+def check_same_test_rows(records_by_exp, suite):
+    """Every CTR run of a table (per budget) must carry the same test-row digest, recorded at dataset build
+    (``protocol_checks.test_digest`` in the run's result JSON). Raises :class:`IntegrityError` naming two
+    runs that differ, or a run that has no digest."""
+    for (budget, table, name), by_seed in sorted(records_by_exp.items()):
+        if table == "TopK":
+            continue
+        for seed, record in sorted(by_seed.items()):
+            digest = (record.get("protocol") or {}).get("test_digest")
+            if digest is None:
+                raise IntegrityError(
+                    f"{table} {name} (budget {budget}, seed {seed}) has no test-row digest: it was made "
+                    "before runs recorded one, or not under the ctr protocol. Delete its record under "
+                    "<out>/runs/ and rerun the suite.")
+    for (budget, table), runs in _table_runs(records_by_exp).items():
+        first = runs[0]
+        for other in runs[1:]:
+            if other[2] != first[2]:
+                raise IntegrityError(
+                    f"{table} (budget {budget}) would compare runs scored on different test rows: "
+                    f"{first[0]} seed {first[1]} has test digest {first[2][:12]}…, {other[0]} seed {other[1]} "
+                    f"has {other[2][:12]}…. Every model of a table must be built from the same dataset and "
+                    "protocol settings (same dataset files, split, history_min_length...).")
+
+
+def _table_runs(records_by_exp):
+    runs = {}
+    for (budget, table, name), by_seed in sorted(records_by_exp.items()):
+        if table != "TopK":
+            runs.setdefault((budget, table), []).extend(
+                (name, seed, record["protocol"]["test_digest"]) for seed, record in sorted(by_seed.items()))
+    return runs
+
+
+def dirty_sources(records, tree_state):
+    """Why the report is not from a clean commit: the aggregating tree's changed paths and each run made
+    from a changed tree or with no recorded commit. Empty when everything is clean."""
+    reasons = [f"uncommitted change in the working tree: {p}" for p in tree_state["dirty"]]
+    for r in records:
+        git = r.get("git")
+        if git is None:
+            reasons.append(f"{r['table']} {r['name']} seed {r['seed']}: no commit recorded with the run")
+        elif git["dirty"]:
+            reasons.append(f"{r['table']} {r['name']} seed {r['seed']}: run at {git['commit'][:10]} with "
+                           f"uncommitted changes ({', '.join(git['dirty'][:3])})")
+    return reasons

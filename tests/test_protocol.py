@@ -1,0 +1,197 @@
+"""One protocol for every model: the same candidate rows (test digest), positive-only histories, and
+the checks that stop a run when they do not hold (recbole_psrq/data/dataset.py, data/history.py)."""
+import importlib
+
+import numpy as np
+import pytest
+from recbole.data import data_preparation
+
+from recbole_psrq import quick_start
+from recbole_psrq.data import dataset as project_datasets
+from recbole_psrq.data import history
+from recbole_psrq.data.dataset import PROJECT_DATASETS, ProtocolMixin, SIDFieldsMixin, recbole_dataset_class
+from recbole_psrq.errors import ConfigError, DataFormatError
+
+
+def _mpd_like(root, n_users=40, n_items=60, positives=10, seed=0):
+    """MPD's layout: each positive row is followed by its sampled label-0 row (time + 1)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "mpdlike"
+    folder.mkdir(parents=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float\tlabel:float"]
+    for user in range(n_users):
+        items = rng.choice(n_items, size=2 * positives, replace=False)
+        for k in range(positives):
+            lines.append(f"p{user}\tt{items[k]}\t{2 * k}\t1")
+            lines.append(f"p{user}\tt{items[positives + k]}\t{2 * k + 1}\t0")
+    (folder / "mpdlike.inter").write_text("\n".join(lines) + "\n")
+    return str(root)
+
+
+@pytest.fixture
+def mpd_like(tmp_path):
+    return _mpd_like(tmp_path / "data")
+
+
+def _config(model, data_path, **extra):
+    return quick_start.build_config(model, dataset="mpdlike", overrides={
+        "data_path": data_path, "load_col": {"inter": ["user_id", "item_id", "timestamp", "label"]}, **extra})
+
+
+def _build(model, data_path, **extra):
+    """The model's dataset and its test split, built as quick_start.run builds them."""
+    config = _config(model, data_path, **extra)
+    data = quick_start.create_dataset(config)
+    _, _, test = data_preparation(config, data)
+    return data, test._dataset
+
+
+def _entries(inter):
+    items = inter["item_id_list"].numpy()
+    return (np.arange(items.shape[1])[None, :] < inter["item_length"].numpy()[:, None]) & (items > 0)
+
+
+def _last_history_label_auc(inter):
+    """AUC of 'the label of the row's last history entry' as a score for the row's label."""
+    from recbole_psrq.evaluation import binary_auc
+
+    entries = _entries(inter)
+    has = entries.any(axis=1)
+    last = inter["label_list"].numpy()[has, entries[has].sum(axis=1) - 1]
+    return binary_auc(1 - last, inter["label"].numpy()[has])
+
+
+def test_dien_scores_the_same_rows_as_din_and_its_histories_hold_no_label(mpd_like, workdir):
+    din, din_test = _build("DIN", mpd_like)
+    dien, dien_test = _build("DIEN", mpd_like)
+    deepfm, _ = _build("DeepFM", mpd_like)
+    assert dien.protocol_report["test_digest"] == din.protocol_report["test_digest"] \
+        == deepfm.protocol_report["test_digest"]
+    assert dien.protocol_report["test_rows"] == din.protocol_report["test_rows"] == len(din_test)
+    assert dien.protocol_report["checks"] == {"history_before_target": "passed",
+                                              "history_positive_only": "passed",
+                                              "every_row_a_candidate": "passed"}
+    inter = dien.inter_feat
+    assert (inter["label_list"].numpy()[_entries(inter)] == 1).all()
+    # the previous row's label no longer gives the target's away (RecBole's DIENDataset: AUC 1.0)
+    assert _last_history_label_auc(inter) == 0.5
+    # an empty history is the padding item with length 1 (DIEN's GRU rejects length 0)
+    empty = ~_entries(inter).any(axis=1)
+    assert empty.sum() == 40 and (inter["item_length"][empty] == 1).all()
+    assert (inter["item_id_list"][empty] == 0).all()
+
+
+def test_recboles_own_dien_dataset_leaks_the_label(mpd_like, workdir):
+    # why the project builds DIEN's data itself: RecBole's history is every earlier row
+    recbole_dien = importlib.import_module("recbole.data.dataset").DIENDataset
+    config = _config("DIEN", mpd_like)
+    data = recbole_dien(config)
+    _, _, test = data_preparation(config, data)
+    assert _last_history_label_auc(data.inter_feat) == 1.0
+    din, _ = _build("DIN", mpd_like)
+    assert len(test._dataset) != din.protocol_report["test_rows"]
+
+
+def test_dien_negatives_are_outside_the_users_positives_so_far(mpd_like, workdir):
+    dien, _ = _build("DIEN", mpd_like)
+    inter = dien.inter_feat
+    entries = _entries(inter)
+    negatives = inter["neg_item_id_list"].numpy()
+    assert (negatives[entries] > 0).all() and (negatives[~entries] == 0).all()
+    users, times = inter["user_id"].numpy(), inter["timestamp"].numpy()
+    items, labels = inter["item_id"].numpy(), inter["label"].numpy()
+    history_times = inter["timestamp_list"].numpy()
+    for row, position in np.argwhere(entries):  # never a positive of the user up to that history row
+        seen = items[(users == users[row]) & (labels == 1) & (times <= history_times[row, position])]
+        assert negatives[row, position] not in seen
+    again, _ = _build("DIEN", mpd_like)
+    assert np.array_equal(again.inter_feat["neg_item_id_list"].numpy(), negatives)  # seeded
+
+
+def test_every_model_with_a_recbole_dataset_class_of_its_own_gets_the_protocol():
+    recbole_datasets = importlib.import_module("recbole.data.dataset")
+    own = set()
+    for name, model_class in quick_start.recbole_models().items():
+        chosen = recbole_dataset_class(name, model_class.type)
+        assert chosen in PROJECT_DATASETS, f"{name} -> {chosen}"
+        project = PROJECT_DATASETS[chosen]
+        assert issubclass(project, getattr(recbole_datasets, chosen)), name
+        assert issubclass(project, ProtocolMixin) and issubclass(project, SIDFieldsMixin)
+        if chosen == name + "Dataset":
+            own.add(name)
+    assert own == {"DIEN", "KSR", "GRU4RecKG"}
+
+
+def test_a_model_specific_class_the_project_does_not_know_is_an_error(monkeypatch):
+    config = quick_start.build_config("DIN", overrides={"sid_modalities": []})
+    monkeypatch.setattr(project_datasets, "recbole_dataset_class", lambda *a: "NewModelDataset")
+    with pytest.raises(ConfigError, match="NewModelDataset, which has behaviour of its own"):
+        project_datasets.create_dataset(config)
+
+
+def _planted(monkeypatch, plant):
+    original = history.positive_history_index
+
+    def leaky(uids, positive, max_len, times=None):
+        return plant(original, np.asarray(uids), np.asarray(positive), max_len, times)
+
+    monkeypatch.setattr(history, "positive_history_index", leaky)
+
+
+def test_a_future_row_in_a_history_stops_the_run(mpd_like, workdir, monkeypatch):
+    def target_in_own_history(original, uids, positive, max_len, times):
+        index, valid, length = original(uids, positive, max_len, times)
+        index[valid[:, 0], 0] = np.flatnonzero(valid[:, 0])
+        return index, valid, length
+
+    _planted(monkeypatch, target_in_own_history)
+    with pytest.raises(DataFormatError) as error:
+        _build("DIN", mpd_like)
+    message = str(error.value)
+    assert "Protocol check 'history_before_target' failed" in message
+    assert "e.g. the row (user p" in message and "whose history position 0 holds item t" in message
+    assert "\n" not in message
+
+
+def test_a_label_0_row_in_a_history_stops_the_run(mpd_like, workdir, monkeypatch):
+    _planted(monkeypatch, lambda original, uids, positive, max_len, times:
+             original(uids, np.ones_like(positive), max_len, times))
+    with pytest.raises(DataFormatError, match=r"Protocol check 'history_positive_only' failed: \d+ history "
+                                              r"entries .* with label 0\.0\. Under the ctr protocol"):
+        _build("DIEN", mpd_like)
+
+
+def test_all_row_histories_under_ctr_stop_the_run(mpd_like, workdir):
+    with pytest.raises(DataFormatError, match="'history_positive_only' failed"):
+        _build("DIN", mpd_like, history_positive_only=False)
+
+
+def test_dropping_candidate_rows_stops_the_run(mpd_like, workdir):
+    with pytest.raises(ConfigError, match=r"'every_row_a_candidate' failed: 40 of the 800 loaded rows of "
+                                          r"'mpdlike' are no candidate row, e\.g\. \(user_id p\d+, item_id t\d+, "
+                                          r"timestamp 0\.0\)\..*history_min_length must be 0 or unset \(it is 1;"):
+        _build("DIEN", mpd_like, history_min_length=1)
+
+
+def test_digest_is_of_raw_rows_and_changes_with_a_test_row(mpd_like, workdir, tmp_path):
+    din, test = _build("DIN", mpd_like)
+    first = din.protocol_report["test_digest"]
+    assert len(first) == 64 and din.protocol_report["test_rows"] == 80
+    assert project_datasets.rows_digest(test) == first
+    # the same rows under other remapped ids (another file order) give the same digest
+    inter = tmp_path / "data" / "mpdlike" / "mpdlike.inter"
+    header, *rows = inter.read_text().splitlines()
+    inter.write_text("\n".join([header] + rows[::-1]) + "\n")
+    assert _build("DIN", mpd_like)[0].protocol_report["test_digest"] == first
+    # a user's last row (a test row) with another label gives another digest
+    rows = inter.read_text().splitlines()
+    user, item, time, label = rows[1].split("\t")
+    assert time == "19"
+    rows[1] = "\t".join([user, item, time, "1"])
+    inter.write_text("\n".join(rows) + "\n")
+    assert _build("DIN", mpd_like)[0].protocol_report["test_digest"] != first
+
+
+def test_topk_records_the_digest_without_the_ctr_checks(mpd_like, workdir):
+    data, _ = _build("SASRec", mpd_like)
+    assert data.protocol_report["checks"] == {} and data.protocol_report["test_rows"] == 40
