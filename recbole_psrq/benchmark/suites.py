@@ -67,6 +67,7 @@ PAPER_SUITE = [
 SUITES = {
     "paper": PAPER_SUITE,
     "ctr": [e for e in PAPER_SUITE if e.table != "TopK"],
+    "t2": [e for e in PAPER_SUITE if e.table == "T2"],
     "smoke": [Experiment("T2", "DIN", "DIN"), Experiment("T2", "DeepFM", "DeepFM")],
     # MCCA against DIN with and without SIDs, and the ablations (issue 4's default-dataset check)
     "mcca": [e for e in PAPER_SUITE if e.table in ("T3", "T4")
