@@ -186,24 +186,44 @@ def test_popularity_sampling_prefers_popular_items():
     assert abs((r_uni == 3).mean() - 1 / 3) < 0.03
 
 
-@pytest.mark.parametrize("max_rounds", [200, 1])  # 1: most rows go through the exact per-row fallback
+@pytest.mark.parametrize("max_rounds", [200, 1, 0])  # 1: most rows, 0: every row through the exact fallback
 @pytest.mark.parametrize("weighted", [False, True])
 def test_a_user_owning_most_of_the_catalogue_gets_exactly_the_rest(max_rounds, weighted):
-    # 50 items; user 0 owns items 0..46 (47 positive rows), so its 3 negatives per row must be
-    # exactly {47, 48, 49}; user 1 owns item 0 only.
-    u = np.array([0] * 47 + [1], dtype=np.int64)
-    i = np.array(list(range(47)) + [0], dtype=np.int64)
+    # 50 items; user 1 owns items 3..49 (47 positive rows), so its 2 negatives per row must come from
+    # exactly {0, 1, 2}; its neighbours own items 1 (user 0) and 0 (user 2), which stay allowed for it
+    u = np.array([0] + [1] * 47 + [2], dtype=np.int64)
+    i = np.array([1] + list(range(3, 50)) + [0], dtype=np.int64)
     probs = np.linspace(1.0, 5.0, 50) if weighted else None
-    r = mpd.sample_negatives(u, i, 50, 3, np.random.default_rng(0), probs=probs, max_rounds=max_rounds)
-    assert r.shape == (48, 3) and r.dtype == np.int64
-    assert all(sorted(row) == [47, 48, 49] for row in r[:47].tolist())
-    assert len(set(r[47].tolist())) == 3 and 0 not in r[47]
+    r = mpd.sample_negatives(u, i, 50, 2, np.random.default_rng(0), probs=probs, max_rounds=max_rounds)
+    assert r.shape == (49, 2) and r.dtype == np.int64
+    heavy = r[1:48]
+    assert set(heavy.ravel().tolist()) == {0, 1, 2} and (heavy[:, 0] != heavy[:, 1]).all()
+    assert 1 not in r[0] and 0 not in r[48] and (r[[0, 48], 0] != r[[0, 48], 1]).all()
+
+
+@pytest.mark.parametrize("max_rounds", [200, 0])  # the rejection rounds and the exact fallback
+@pytest.mark.parametrize("probs, expected", [
+    (None, [1 / 3, 1 / 3, 1 / 3, 0]),                     # uniform over the 3 items user 0 does not own
+    ([1.0, 1.0, 98.0, 100.0], [0.01, 0.01, 0.98, 0]),     # by weight, renormalised without item 3
+])
+def test_negatives_follow_the_weights(max_rounds, probs, expected):
+    u = np.zeros(3000, dtype=np.int64)
+    i = np.full(3000, 3, dtype=np.int64)  # user 0 owns item 3
+    r = mpd.sample_negatives(u, i, 4, 1, np.random.default_rng(0), probs=probs, max_rounds=max_rounds)
+    np.testing.assert_allclose(np.bincount(r[:, 0], minlength=4) / 3000, expected, atol=0.03)
+
+
+def test_no_rows_or_a_single_row():
+    rng = np.random.default_rng(0)
+    assert mpd.sample_negatives([], [], 5, 2, rng).shape == (0, 2)
+    one = mpd.sample_negatives([0], [4], 5, 2, rng)
+    assert one.shape == (1, 2) and len(set(one[0].tolist())) == 2 and set(one[0].tolist()) <= {0, 1, 2, 3}
 
 
 def test_zero_weight_items_are_never_drawn():
     u = np.array([0, 0, 1], dtype=np.int64)
     i = np.array([0, 1, 2], dtype=np.int64)
-    probs = np.array([1.0, 1.0, 1.0, 0.0, 1.0, 0.0])  # items 3 and 5 never
+    probs = [1, 1, 1, 0, 1, 0]  # integer weights (e.g. counts); items 3 and 5 never
     for max_rounds in (200, 1):
         r = mpd.sample_negatives(u, i, 6, 2, np.random.default_rng(1), probs=probs, max_rounds=max_rounds)
         assert sorted(r[0]) == sorted(r[1]) == [2, 4]  # user 0: all but its items 0, 1 and the zero weights

@@ -338,3 +338,22 @@ def test_knn_recall_is_one_for_lossless_codes():
 def test_psrq_prefix_weight_must_be_a_number_at_least_0(weight):
     with pytest.raises(ConfigError, match=r"prefix_weight must be a number >= 0, got"):
         build_quantizer("psrq", prefix_weight=weight)
+
+
+def test_kmeans_helpers_take_any_float_input_use_every_point_and_stay_quiet(capfd):
+    from recbole_psrq.quantization.kmeans import nearest_centroid, squared_distances, train_kmeans
+
+    # float64 input; 600 points for k = 2 is more than faiss's default cap of 256 points per centroid,
+    # so a k-means that subsampled would not end exactly on the means of all points
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal(0, 1, 300), rng.normal(10, 1, 300)])[:, None]
+    centroids = train_kmeans(points, 2, niter=20, seed=0)
+    assert centroids.dtype == np.float32 and centroids.shape == (2, 1)
+    nearest = nearest_centroid(points, centroids)
+    np.testing.assert_allclose(centroids[:, 0], [points[nearest == j].mean() for j in range(2)], atol=1e-4)
+    np.testing.assert_allclose(squared_distances(points, centroids), (points - centroids.T) ** 2, atol=1e-3)
+    # niter is honoured: one Lloyd step from the seeded start is not yet the converged codebook
+    uniform = rng.random((400, 1))
+    assert not np.allclose(train_kmeans(uniform, 2, niter=1, seed=0), train_kmeans(uniform, 2, niter=20, seed=0))
+    train_kmeans(points[:3], 2, niter=20, seed=0)  # fewer points than faiss likes per centroid: allowed
+    assert capfd.readouterr() == ("", "")  # faiss's progress printing and its small-data warning stay off
