@@ -30,6 +30,7 @@ from recbole_psrq.io import atomic_open
 from recbole_psrq.errors import ConfigError, DataFormatError, PSRQError
 from recbole_psrq.quantization import (QUANTIZERS, build_quantizer, sid_quality_report)
 from recbole_psrq.quantization.base import nonfinite_rows
+from recbole_psrq.quantization.report import MIN_DISTINCT_SID_SHARE, NMI_LEVEL1_WARN
 
 logger = logging.getLogger("recbole_psrq.sid")
 
@@ -64,7 +65,10 @@ def run(args):
     fit_seconds = time.perf_counter() - start
     logger.info("fit + encode took %.1f s; computing the quality report", fit_seconds)
     report = sid_quality_report(X, codes, labels=labels, quantizer=quantizer,
-                                knn_sample=args.knn_sample, seed=args.seed)
+                                knn_sample=args.knn_sample, seed=args.seed,
+                                name=os.path.basename(args.embeddings),
+                                nmi_level1_warn=args.warn_nmi_level1,
+                                min_distinct_sid_share=args.warn_distinct_share)
     report["fit_seconds"] = fit_seconds
     report["config"] = {**quantizer.config, "embeddings": os.path.abspath(args.embeddings),
                         "dim": quantizer.dim}
@@ -213,21 +217,23 @@ def _reject_nonfinite(X, item_ids, path):
 
 
 def format_report(report):
-    """The report as a readable text table: one row per level, then the scalar metrics."""
+    """The report as a readable text table: one row per level, then the scalar metrics, then one
+    ``warning:`` line per warning."""
     columns = ["utilization", "perplexity", "nmi_labels", "purity_labels", "nmi_level1",
-               "recon_mse_by_levels"]
+               "recon_mse_by_levels", "prefix_weights"]
     columns = [c for c in columns if c in report]
     rows = ["level  " + "  ".join(f"{c:>19}" for c in columns)]
     for level in range(report["n_levels"]):
         values = [report[c][level] for c in columns]
         rows.append(f"{level + 1:>5}  " + "  ".join(
             f"{'-' if v is None else format(v, '.4f'):>19}" for v in values))
-    for key in ("unique_sids", "collision_rate", "max_items_per_sid", "recon_mse", "knn_recall@10",
-                "labelled_items", "fit_seconds"):
+    for key in ("unique_sids", "distinct_sid_share", "collision_rate", "max_items_per_sid",
+                "recon_mse", "knn_recall@10", "labelled_items", "fit_seconds"):
         if report.get(key) is not None:
             value = report[key]
             rows.append(f"{key:>20}: {value:.4f}" if isinstance(value, float)
                         else f"{key:>20}: {value}")
+    rows.extend(f"warning: {warning}" for warning in report.get("warnings", []))
     return "\n".join(rows)
 
 
@@ -277,8 +283,14 @@ def _parse_args(argv):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="CPU threads for faiss/torch (default 1)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
-                        help="quantizer option, e.g. niter=25, prefix_weight=0.5 (repeatable)")
+                        help="quantizer option, e.g. niter=25, prefix_weight=0.5 or "
+                             "prefix_weight=auto (repeatable)")
     parser.add_argument("--knn-sample", type=int, default=2000, help="query items for kNN recall")
+    parser.add_argument("--warn-nmi-level1", type=float, default=NMI_LEVEL1_WARN,
+                        help="warn when a level >= 2 has NMI with the level-1 codes above this "
+                             "(default %(default)s)")
+    parser.add_argument("--warn-distinct-share", type=float, default=MIN_DISTINCT_SID_SHARE,
+                        help="warn when distinct full SIDs / items is below this (default %(default)s)")
     parser.add_argument("--report", help="write the report as JSON here")
     parser.add_argument("--codes", help="write item_id + sid (N x L) as .npz here")
     parser.add_argument("--save-quantizer", help="write the fitted quantizer (.npz) here")

@@ -76,8 +76,15 @@ def test_report_has_mean_std_and_paired_ttest_against_the_baseline(tmp_path, mon
     assert code == 0
     md = (tmp_path / "results.md").read_text()
     p = stats.ttest_rel(deepfm, din).pvalue
-    assert f"{np.mean(deepfm):.4f} ± {np.std(deepfm, ddof=1):.4f} (p={p:.3g})" in md
+    d = np.subtract(deepfm, din)
+    half = stats.t.ppf(0.975, 2) * np.std(d, ddof=1) / np.sqrt(3)
+    assert f"| DeepFM | 3 | {np.mean(deepfm):.4f} ± {np.std(deepfm, ddof=1):.4f} | 0.6000 ± 0.0000 |" in md
     assert f"**DIN** (baseline) | 3 | {np.mean(din):.4f} ± {np.std(din, ddof=1):.4f}" in md
+    # the family is DeepFM's auc alone (its logloss equals DIN's on every seed: no p), so p_Holm = p
+    assert (f"| DeepFM | auc | 3 | Δ {d.mean():+.4f} [{d.mean() - half:.4f}, {d.mean() + half:.4f}] "
+            f"| p={p:.3g} | p_Holm={p:.3g} | better |") in md
+    assert "| DeepFM | logloss | 3 | Δ +0.0000 [0.0000, 0.0000] | p=– | p_Holm=– | not testable |" in md
+    assert "Holm family of this table: m = 1 comparisons" in md
     assert "Git commit:" in md and "recbole 1.2.1" in md
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 6
@@ -102,13 +109,17 @@ def test_paired_ttest_pairs_runs_by_seed_not_by_position():
     deepfm = {2: 0.745, 3: 0.600, 0: 0.700, 1: 0.712}  # another order, and seed 3 has no DIN run
     by_exp = {("one_epoch", "T2", "DIN"): records(din), ("one_epoch", "T2", "DeepFM"): records(deepfm)}
     rows = summarize(by_exp, SUITES["smoke"], ["one_epoch"], [0, 1, 2, 3])
-    mean, std, p = next(r for r in rows if r["name"] == "DeepFM")["metrics"]["auc"]
+    auc = next(r for r in rows if r["name"] == "DeepFM")["metrics"]["auc"]
     by_seed = stats.ttest_rel([deepfm[s] for s in (0, 1, 2)], [din[s] for s in (0, 1, 2)]).pvalue
     by_position = stats.ttest_rel([0.745, 0.600, 0.700], list(din.values())).pvalue
-    assert p == pytest.approx(by_seed) and abs(by_seed - by_position) > 0.1
-    assert mean == pytest.approx(np.mean(list(deepfm.values())))
-    assert std == pytest.approx(np.std(list(deepfm.values()), ddof=1))
-    assert np.isnan(next(r for r in rows if r["name"] == "DIN")["metrics"]["auc"][2])  # baseline vs itself
+    assert auc.p == pytest.approx(by_seed) and abs(by_seed - by_position) > 0.1
+    assert auc.p_holm == pytest.approx(by_seed)  # a family of one
+    # the difference is over the paired seeds 0-2 only: (0.010 + 0.012 + 0.015) / 3
+    assert auc.diff == pytest.approx(0.037 / 3) and auc.n_paired == 3
+    assert auc.mean == pytest.approx(np.mean(list(deepfm.values())))
+    assert auc.std == pytest.approx(np.std(list(deepfm.values()), ddof=1))
+    base = next(r for r in rows if r["name"] == "DIN")["metrics"]["auc"]  # baseline vs itself: nothing
+    assert all(np.isnan(v) for v in (base.diff, base.ci_low, base.ci_high, base.p, base.p_holm))
 
 
 def test_seed_list_reports_only_those_seeds(tmp_path):
@@ -319,14 +330,15 @@ def test_summarize_single_seeds_missing_baselines_and_topk_metrics():
               ("one_epoch", "TopK", "GRU4Rec"): _records({0: 0.02}, "recall@10")}
     rows = {(r["table"], r["name"]): r for r in summarize(by_exp, suite, ["one_epoch"], [0, 1])}
     assert set(rows) == {("T2", "DeepFM"), ("T3", "DIN"), ("T3", "DIN+PQ"), ("TopK", "GRU4Rec")}
-    mean, std, p = rows[("T2", "DeepFM")]["metrics"]["auc"]
-    assert (mean, std) == (0.7, 0.0) and np.isnan(p)  # one seed: std 0, no test
+    deepfm = rows[("T2", "DeepFM")]["metrics"]["auc"]
+    assert (deepfm.mean, deepfm.std) == (0.7, 0.0)  # one seed: std 0, and no baseline: no comparison
+    assert deepfm.n_paired == 0 and all(np.isnan(v) for v in (deepfm.diff, deepfm.ci_low, deepfm.p, deepfm.p_holm))
     # T3 is compared with T3's own DIN, not with the suite's first DIN
     assert rows[("T3", "DIN")]["is_baseline"] and not rows[("T3", "DIN+PQ")]["is_baseline"]
-    assert rows[("T3", "DIN+PQ")]["metrics"]["auc"][2] == pytest.approx(
+    assert rows[("T3", "DIN+PQ")]["metrics"]["auc"].p == pytest.approx(
         stats.ttest_rel([0.75, 0.77], [0.70, 0.71]).pvalue)
     topk = rows[("TopK", "GRU4Rec")]["metrics"]  # the top-k table's metrics, not the ctr ones
-    assert list(topk) == ["recall@10"] and topk["recall@10"][:2] == (0.02, 0.0)
+    assert list(topk) == ["recall@10"] and (topk["recall@10"].mean, topk["recall@10"].std) == (0.02, 0.0)
 
 
 def test_topk_runs_are_not_held_to_the_ctr_digest_rule():

@@ -7,7 +7,9 @@ import pytest
 from recbole_psrq.errors import ConfigError, DataFormatError
 from recbole_psrq.quantization import (QUANTIZERS, build_quantizer, load_quantizer,
                                        sid_quality_report)
-from recbole_psrq.quantization.report import knn_recall, normalized_mutual_info, purity
+from recbole_psrq.quantization.report import (MIN_DISTINCT_SID_SHARE, NMI_LEVEL1_WARN, knn_recall,
+                                              normalized_mutual_info, numpy_normalized_mutual_info,
+                                              purity)
 from recbole_psrq.quantization.residual import PSRQQuantizer
 
 K = 8
@@ -269,6 +271,17 @@ def test_nmi_matches_hand_computation():
     assert normalized_mutual_info([0, 0, 1, 1], [5, 5, 5, 5]) == 0.0
 
 
+def test_nmi_agrees_with_the_numpy_fallback_and_sklearn():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        a, b = rng.integers(0, 7, 200), rng.integers(0, 4, 200)
+        b[:100] = a[:100] % 4
+        expected = sklearn_metrics.normalized_mutual_info_score(a, b)  # average_method="arithmetic"
+        assert normalized_mutual_info(a, b) == pytest.approx(expected, abs=1e-12)
+        assert numpy_normalized_mutual_info(a, b) == pytest.approx(expected, abs=1e-12)
+
+
 def test_purity_matches_hand_computation():
     assert purity([0, 0, 0, 1, 1, 1], ["a", "a", "b", "b", "b", "b"]) == pytest.approx(5 / 6)
 
@@ -281,6 +294,65 @@ def test_report_counts_on_known_codes():
     assert report["perplexity"][1] == pytest.approx(math.exp(1.5 * math.log(2)))
     assert report["collision_rate"] == 0.25 and report["max_items_per_sid"] == 2
     assert report["recon_mse"] is None and report["knn_recall@10"] is None
+    assert report["distinct_sid_share"] == 0.75 and report["warnings"] == []
+
+
+def _copying_codes(n=400, k=8, copy=True, seed=0):
+    """(n, 3) codes; level 2 is a relabelling of level 1 when ``copy``, else independent of it."""
+    rng = np.random.default_rng(seed)
+    level1 = rng.integers(0, k, n)
+    level2 = rng.permutation(k)[level1] if copy else rng.integers(0, k, n)
+    return np.stack([level1, level2, rng.integers(0, k, n)], 1)
+
+
+def test_nmi_warning_fires_when_level_2_copies_level_1():
+    assert NMI_LEVEL1_WARN == 0.9
+    report = sid_quality_report(None, _copying_codes(copy=True), codebook_size=8, name="text_sid")
+    assert report["nmi_level1"][1] == pytest.approx(1.0)
+    nmi_warnings = [w for w in report["warnings"] if "NMI" in w]
+    assert len(nmi_warnings) == 1
+    assert nmi_warnings[0].startswith("text_sid level 2: NMI with the level-1 codes is 1.000 > 0.9")
+    assert "fewer levels" in nmi_warnings[0] and "larger codebook" in nmi_warnings[0]
+    independent = sid_quality_report(None, _copying_codes(copy=False), codebook_size=8)
+    assert independent["nmi_level1"][1] < 0.1
+    assert not [w for w in independent["warnings"] if "NMI" in w]
+    # the threshold is a parameter; level 1 (NMI 1 with itself) never warns
+    assert not [w for w in sid_quality_report(None, _copying_codes(copy=True), codebook_size=8,
+                                              nmi_level1_warn=1.0)["warnings"] if "NMI" in w]
+
+
+def test_nmi_warning_on_psrq_that_re_encodes_level_1_and_not_on_rq():
+    # the hand-computed example: PSRQ (w = 1) level 2 splits by prefix = level 1; RQ by residual
+    X = np.array([[0.0], [1.0], [10.0], [11.0]], dtype=np.float32)
+    options = dict(n_levels=2, codebook_size=2, normalize=False, nredo=10)
+    psrq = build_quantizer("psrq", **options).fit(X)
+    report = sid_quality_report(X, psrq.encode(X), quantizer=psrq, name="toy")
+    assert report["nmi_level1"] == [1.0, 1.0]
+    assert report["warnings"][0].startswith("toy level 2: NMI with the level-1 codes is 1.000 > 0.9")
+    assert "smaller PSRQ prefix_weight (now 1) or prefix_weight: auto" in report["warnings"][0]
+    rq = build_quantizer("rq_kmeans", **options).fit(X)
+    assert sid_quality_report(X, rq.encode(X), quantizer=rq)["warnings"] == []
+
+
+def test_distinct_sid_share_warning_threshold():
+    assert MIN_DISTINCT_SID_SHARE == 0.5
+    half = np.array([[0, 0], [0, 0], [1, 1], [1, 0]])  # 3 distinct SIDs of 4 items: 0.75
+    two = np.array([[0, 0], [0, 0], [1, 1], [1, 1]])  # 2 of 4: exactly 0.5, not below
+    one = np.array([[0, 0], [0, 0], [0, 0], [1, 1]]) # 2 of 4 too
+    assert sid_quality_report(None, half, codebook_size=2)["distinct_sid_share"] == 0.75
+    for codes in (two, one):
+        report = sid_quality_report(None, codes, codebook_size=2, nmi_level1_warn=1.0)
+        assert report["distinct_sid_share"] == 0.5 and report["warnings"] == []
+    fired = sid_quality_report(None, two, codebook_size=2, nmi_level1_warn=1.0,
+                               min_distinct_sid_share=0.51, name="audio_sid")
+    assert fired["warnings"] == [
+        "audio_sid: only 2 distinct full SIDs for 4 items (share 0.500 < 0.51); up to 2 items share "
+        "one SID and cannot be told apart by it. Try a larger codebook (now 2), or more levels (now 2)."]
+    assert fired["warning_thresholds"] == {"nmi_level1": 1.0, "distinct_sid_share": 0.51}
+    low = np.zeros((10, 2), dtype=np.int64)
+    low[0] = 1  # 2 distinct of 10: 0.2 < 0.5 at the default
+    assert any("only 2 distinct full SIDs for 10 items (share 0.200 < 0.5)" in w
+               for w in sid_quality_report(None, low, codebook_size=2)["warnings"])
 
 
 def test_report_keys_and_semantic_drift(data):
@@ -334,10 +406,131 @@ def test_knn_recall_is_one_for_lossless_codes():
     assert knn_recall(X, codes, vq, sample=40, k=10) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("weight", [True, "1", -0.5])
-def test_psrq_prefix_weight_must_be_a_number_at_least_0(weight):
-    with pytest.raises(ConfigError, match=r"prefix_weight must be a number >= 0, got"):
+@pytest.mark.parametrize("weight", [True, "1", -0.5, "Auto", "automatic", float("nan"), float("inf"),
+                                    None, [0.5]])
+def test_psrq_prefix_weight_must_be_a_number_at_least_0_or_auto(weight):
+    with pytest.raises(ConfigError, match=r"prefix_weight must be a number >= 0 or 'auto' .*, got"):
         build_quantizer("psrq", prefix_weight=weight)
+
+
+@pytest.mark.parametrize("weight", [0, 2, 0.5, np.float32(0.25), "auto"])
+def test_psrq_prefix_weight_accepts_numbers_and_auto(weight):
+    assert build_quantizer("psrq", prefix_weight=weight).options["prefix_weight"] == weight
+
+
+# ---------------------------------------------------------------- PSRQ prefix_weight: auto
+
+def test_auto_prefix_weight_hand_computed():
+    # 0, 1, 10, 11, k = 2, no normalisation. Level 1: centroids 0.5, 10.5, residuals +-0.5
+    # (mean r^2 = 1/4), prefixes 0.5, 0.5, 10.5, 10.5 (mean p^2 = (2 * 1/4 + 2 * 441/4) / 4 = 221/4),
+    # so w = sqrt(1/221) ~ 0.067. Level 2 then splits by residual (within-cluster SSE 2 * 2 * (5 w)^2 =
+    # 100/221 < 1, the SSE of splitting by prefix), unlike w = 1 (test_hand_computed_two_level_example).
+    X = np.array([[0.0], [1.0], [10.0], [11.0]], dtype=np.float32)
+    psrq = build_quantizer("psrq", n_levels=2, codebook_size=2, normalize=False, nredo=10,
+                           prefix_weight="auto").fit(X)
+    assert psrq.prefix_weights[0] is None
+    assert psrq.prefix_weights[1] == pytest.approx(math.sqrt(1 / 221), rel=1e-6)
+    codes = psrq.encode(X)
+    assert partition(codes[:, 1]) == [[0, 2], [1, 3]]
+    np.testing.assert_allclose(psrq.decode(codes), X, atol=1e-5)
+
+
+def test_auto_prefix_weight_equalises_the_halves_at_every_level(data, monkeypatch):
+    """k-means at level l >= 2 gets [r ; w_l (x - r)] with w_l = sqrt(mean ||r||^2 / mean ||x - r||^2),
+    computed by hand from the fitted codebooks, so both halves have the same mean squared norm."""
+    X, _ = data
+    seen = []
+    original = PSRQQuantizer._train_codebook
+
+    def spy(self, inputs, index):
+        seen.append(np.array(inputs, copy=True))
+        return original(self, inputs, index)
+
+    monkeypatch.setattr(PSRQQuantizer, "_train_codebook", spy)
+    psrq = make("psrq", prefix_weight="auto").fit(X)
+    x = X / np.linalg.norm(X, axis=1, keepdims=True)
+    r = x.astype(np.float64)
+    codes = psrq.encode(X)
+    for level in range(3):
+        if level:
+            prefix = x - r
+            w = math.sqrt((r ** 2).sum(1).mean() / (prefix ** 2).sum(1).mean())
+            assert psrq.prefix_weights[level] == pytest.approx(w, rel=1e-5)
+            assert abs(w - 1) > 0.2 and abs(w - psrq.prefix_weights[3 - level]) > 1e-3
+            np.testing.assert_allclose(seen[level], np.hstack([r, w * prefix]), atol=1e-5)
+            halves = (seen[level][:, :16] ** 2).sum(1).mean(), (seen[level][:, 16:] ** 2).sum(1).mean()
+            assert halves[0] == pytest.approx(halves[1], rel=1e-4)
+        r = r - psrq.centroids[level][codes[:, level], :16]
+    assert psrq.prefix_weights[0] is None
+
+
+def _numeric_twin(auto, weights):
+    """A PSRQ with the codebooks of ``auto`` but numeric prefix weights ``weights``."""
+    twin = make("psrq", n_levels=auto.n_levels, prefix_weight=1.0)
+    twin.dim, twin.centroids, twin.prefix_weights = auto.dim, auto.centroids, [None, *weights]
+    return twin
+
+
+def test_auto_weights_are_fitted_once_and_encode_uses_the_stored_ones(data):
+    X, _ = data
+    auto = make("psrq", n_levels=2, prefix_weight="auto").fit(X)
+    stored = auto.prefix_weights[1]
+    fixed = make("psrq", n_levels=2, prefix_weight=stored).fit(X)
+    np.testing.assert_allclose(fixed.centroids[1], auto.centroids[1], atol=1e-6)
+    # a batch of a different shape: points near the level-1 centroids have small residuals, so a
+    # weight recomputed on it would be far from the stored one, and it changes the codes
+    rng = np.random.default_rng(7)
+    batch = (auto.centroids[0][rng.integers(0, K, 300)] + 0.05 * rng.normal(size=(300, 16)))
+    batch = batch.astype(np.float32)
+    x = auto.preprocess(batch)
+    r = x - auto.centroids[0][auto.encode(batch)[:, 0]]
+    recomputed = math.sqrt((r ** 2).sum(1).mean() / ((x - r) ** 2).sum(1).mean())
+    assert abs(recomputed - stored) > 0.1
+    codes = auto.encode(batch)
+    np.testing.assert_array_equal(codes, fixed.encode(batch))
+    np.testing.assert_array_equal(codes, _numeric_twin(auto, [stored]).encode(batch))
+    assert not np.array_equal(codes, _numeric_twin(auto, [recomputed]).encode(batch))
+    assert auto.prefix_weights[1] == stored  # encoding does not touch the fitted weights
+
+
+def test_auto_weights_survive_save_and_load(data, tmp_path):
+    X, _ = data
+    auto = make("psrq", prefix_weight="auto").fit(X)
+    auto.save(tmp_path / "q.npz")
+    loaded = load_quantizer(tmp_path / "q.npz")
+    assert loaded.options["prefix_weight"] == "auto"
+    assert loaded.prefix_weights == auto.prefix_weights and None not in auto.prefix_weights[1:]
+    other = X[::-1] * 3 + 1
+    np.testing.assert_array_equal(loaded.encode(other), auto.encode(other))
+    np.testing.assert_array_equal(
+        loaded.encode(other), _numeric_twin(auto, auto.prefix_weights[1:]).encode(other))
+    # a file without the fitted weights cannot be encoded with 'auto'; a numeric one still loads
+    with np.load(tmp_path / "q.npz") as saved:
+        arrays = {k: saved[k] for k in saved.files if k != "prefix_weights"}
+    np.savez(tmp_path / "no_weights.npz", **arrays)
+    with pytest.raises(DataFormatError, match="holds no fitted 'prefix_weights'; refit"):
+        load_quantizer(tmp_path / "no_weights.npz")
+    numeric = make("psrq", prefix_weight=0.5).fit(X)
+    numeric.save(tmp_path / "n.npz")
+    assert load_quantizer(tmp_path / "n.npz").prefix_weights == [None, 0.5, 0.5]
+
+
+def test_auto_weight_with_a_zero_prefix_is_one(caplog):
+    # all-zero rows: level 1 centroids are 0, so the prefix is 0 everywhere and w cannot matter
+    psrq = build_quantizer("psrq", n_levels=2, codebook_size=2, prefix_weight="auto")
+    with caplog.at_level("WARNING"):
+        psrq.fit(np.zeros((10, 3), dtype=np.float32))
+    assert psrq.prefix_weights == [None, 1.0]
+    assert "prefix is zero on every training row" in caplog.text
+
+
+def test_auto_weights_in_the_report(data):
+    X, _ = data
+    auto = make("psrq", prefix_weight="auto").fit(X)
+    report = sid_quality_report(X, auto.encode(X), quantizer=auto, knn_sample=50)
+    assert report["prefix_weights"] == auto.prefix_weights
+    assert make("psrq", prefix_weight=0.5).fit(X).prefix_weights == [None, 0.5, 0.5]
+    assert "prefix_weights" not in sid_quality_report(X, make("rq_kmeans").fit(X).encode(X))
 
 
 def test_kmeans_helpers_take_any_float_input_use_every_point_and_stay_quiet(capfd):

@@ -97,8 +97,45 @@ def test_report_values_on_a_hand_computed_example(tmp_path, capsys):
         assert report[key] == pytest.approx(value, abs=1e-6), key
     assert 0 <= report["fit_seconds"] < 60
     assert report["config"]["dim"] == 1 and report["config"]["options"]["normalize"] is False
+    assert report["warnings"] == [] and report["distinct_sid_share"] == 1.0
     table = capsys.readouterr().out
     assert "collision_rate: 0.0000" in table and "labelled_items: 3" in table
+    assert "warning:" not in table
+
+
+def test_warnings_are_printed_and_written(tmp_path, capsys):
+    # the same 4 points with PSRQ (w = 1): level 2 splits by prefix, i.e. re-encodes level 1 (NMI 1),
+    # and there are only 2 distinct SIDs for 4 items (share 0.5, below the threshold 0.6 set here)
+    np.save(tmp_path / "X.npy", np.array([[0.0], [1.0], [10.0], [11.0]], dtype=np.float32))
+    out = tmp_path / "report.json"
+    assert main(["--embeddings", str(tmp_path / "X.npy"), "--quantizer", "psrq", "--levels", "2",
+                 "--codebook-size", "2", "--option", "normalize=false", "--option", "nredo=10",
+                 "--warn-distinct-share", "0.6", "--report", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["nmi_level1"] == [1.0, 1.0] and report["unique_sids"] == 2
+    assert report["prefix_weights"] == [None, 1.0]
+    assert report["warning_thresholds"] == {"nmi_level1": 0.9, "distinct_sid_share": 0.6}
+    assert len(report["warnings"]) == 2
+    assert report["warnings"][0].startswith("X.npy level 2: NMI with the level-1 codes is 1.000 > 0.9")
+    assert report["warnings"][1].startswith("X.npy: only 2 distinct full SIDs for 4 items (share 0.500 < 0.6)")
+    table = capsys.readouterr().out
+    for warning in report["warnings"]:
+        assert f"warning: {warning}" in table
+
+
+def test_prefix_weight_auto_from_the_command_line(files):
+    out = files / "auto_report.json"
+    result = run_cli("--embeddings", files / "X.npz", "--quantizer", "psrq", "--levels", 3,
+                     "--codebook-size", 8, "--knn-sample", 50, "--option", "prefix_weight=auto",
+                     "--report", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["config"]["options"]["prefix_weight"] == "auto"
+    weights = report["prefix_weights"]
+    assert weights[0] is None and all(0 < w < 1 for w in weights[1:]) and weights[1] != weights[2]
+    for level, weight in ((2, weights[1]), (3, weights[2])):
+        assert f"psrq level {level}/3: prefix_weight auto = {weight:.4f}" in result.stderr
+    assert "prefix_weights" in result.stdout
 
 
 def test_bad_input_exits_2_with_message(files, tmp_path):
@@ -139,6 +176,9 @@ def test_positional_labels_need_one_line_per_row(files, tmp_path, capsys):
     (["--quantizer", "kmeans"], "Unknown quantizer 'kmeans'. Available quantizers: ['opq'"),
     (["--codebook-size", "1000"], "only N=300 items but codebook_size k=1000"),
     (["--option", "prefix_weigth=0.5"], "Unknown option(s) ['prefix_weigth']"),
+    (["--option", "prefix_weight=automatic"],
+     "prefix_weight must be a number >= 0 or 'auto' (per level, equal mean squared norms of the residual "
+     "and prefix halves), got 'automatic'."),
 ])
 def test_error_messages(files, capsys, extra, message):
     assert main(["--embeddings", str(files / "X.npy"), "--ids", str(files / "ids.txt"), *extra]) == 2

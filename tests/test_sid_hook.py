@@ -1,3 +1,4 @@
+import json
 import logging
 import os
 
@@ -97,6 +98,31 @@ def test_second_call_reuses_the_cache_and_evaluation_never_refits(tmp_path, ids,
     assert "reusing cached SIDs" in caplog.text
     with pytest.raises(ConfigError, match="may not fit quantizers"):
         _tokens(ids, {"text": text}, ["text"], tmp_path / "empty", allow_fit=False)
+
+
+def test_prefix_weight_auto_by_config_with_weights_and_warnings_in_the_log_and_cache(tmp_path, ids, caplog):
+    text = _emb(tmp_path, "t.npz", ids, 8)
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.INFO):
+        compute_sid_tokens(ids, {"text": text}, ["text"], quantizer="psrq", n_levels=3, codebook_size=4,
+                           quantizer_options={"prefix_weight": "auto"}, cache_dir=str(cache))
+    [entry] = os.listdir(cache / "dataset")
+    with open(cache / "dataset" / entry / "report.json") as f:
+        saved = json.load(f)
+    assert saved["settings"]["options"] == {"prefix_weight": "auto"}
+    weights = saved["report"]["prefix_weights"]
+    # random 8-d points, k = 4: the residual stays larger than the prefix, so w > 1 here
+    assert weights[0] is None and all(w > 0 and abs(w - 1) > 0.05 for w in weights[1:])
+    assert f"prefix_weight auto = {weights[1]:.4f}" in caplog.text
+    # 60 random items, k = 4, L = 3: at most 64 SIDs, far fewer distinct ones in practice
+    share = saved["report"]["distinct_sid_share"]
+    assert share < 0.5 and saved["report"]["warnings"]
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warned] == saved["report"]["warnings"]
+    assert warned[-1].getMessage().startswith(f"text_sid: only {saved['report']['unique_sids']} distinct")
+    with pytest.raises(ConfigError, match="prefix_weight must be a number >= 0 or 'auto'"):
+        compute_sid_tokens(ids, {"text": text}, ["text"], quantizer="psrq", codebook_size=4,
+                           quantizer_options={"prefix_weight": "equal"}, cache_dir=str(cache))
 
 
 def test_changed_embeddings_get_a_new_cache_entry(tmp_path, ids):

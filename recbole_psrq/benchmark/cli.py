@@ -10,9 +10,12 @@ from recbole_psrq import benchmark
 from recbole_psrq.benchmark.plots import plot_metrics, plot_sid_drift
 from recbole_psrq.benchmark.report import environment, write_csv, write_latex, write_markdown
 from recbole_psrq.benchmark.checks import IntegrityError, check_same_test_rows, dirty_sources
-from recbole_psrq.benchmark.runner import collect_runs, git_state, shown_path
+from recbole_psrq.benchmark.runner import (EXECUTORS, collect_runs, git_state, make_executor, run_key,
+                                           shown_path)
+from recbole_psrq.benchmark.tuning import training_free, tune_suite
 from recbole_psrq.benchmark.stats import summarize
 from recbole_psrq.benchmark.suites import BUDGETS, SUITES
+from recbole_psrq.errors import PSRQError
 
 
 def main(argv=None):
@@ -21,7 +24,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default="paper", choices=sorted(SUITES))
     parser.add_argument("--dataset", default="synthetic_music")
-    parser.add_argument("--seeds", default="3",
+    parser.add_argument("--seeds", default="5",
                         help="N (seeds 0..N-1) or a comma-separated list, e.g. 1,2 to split a suite over processes")
     parser.add_argument("--budgets", default="one_epoch,early_stop",
                         help=f"comma-separated, from {list(BUDGETS)}")
@@ -31,6 +34,19 @@ def main(argv=None):
     parser.add_argument("--allow-dirty", action="store_true",
                         help="write the report although the tree or a run had uncommitted changes (results.md "
                              "then says so); refused otherwise")
+    parser.add_argument("--tune", type=int, default=0, metavar="N",
+                        help="first tune every trainable experiment on validation with N trials each (the "
+                             "same budget for all), freeze the best, and run the seeds with it")
+    parser.add_argument("--tune-seed", type=int, default=0, help="seeds the tuning studies and their trials")
+    parser.add_argument("--tune-batch", type=int, default=2,
+                        help="trials sampled per round of a study; results depend on it, not on --jobs")
+    parser.add_argument("--executor", default="local", choices=EXECUTORS,
+                        help="local: a process pool on this machine; ray: a Ray cluster (see README, Scaling out)")
+    parser.add_argument("--jobs", type=int, default=1, help="concurrent runs/trials (local executor)")
+    parser.add_argument("--ray-address", default=None,
+                        help="address of a running Ray cluster, e.g. 10.0.0.1:6379 (default: start Ray here)")
+    parser.add_argument("--cpus-per-task", type=float, default=1, help="CPUs Ray reserves per run (ray)")
+    parser.add_argument("--gpus-per-task", type=float, default=0, help="GPUs Ray reserves per run (ray)")
     args, unknown = parser.parse_known_args(argv)
     bad_args = [item for item in unknown if not (item.startswith("--") and "=" in item)]
     if bad_args:
@@ -58,8 +74,28 @@ def main(argv=None):
             f.write(line + "\n")
 
     command = "python -m recbole_psrq.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
-    records_by_exp, records, missing = collect_runs(suite, budgets, seeds, args.dataset, out, extra,
-                                                   only, args.report_only, log)
+    executor = None if args.report_only else make_executor(
+        args.executor, args.jobs, args.ray_address, args.cpus_per_task, args.gpus_per_task)
+    try:
+        tuned, tuning, untuned = {}, None, []
+        if args.tune:
+            tuned, tuning = tune_suite(suite, budgets, args.dataset, out, extra, only, args.tune, executor,
+                                       log, args.tune_seed, args.tune_batch, args.report_only)
+            # a trainable experiment without a frozen configuration is not run untuned: it is missing
+            untuned = [e for e in suite if (not only or e.name in only) and not training_free(e.model)
+                       and any((b, run_key(e)) not in tuned for b in budgets)]
+            suite_to_run = [e for e in suite if e not in untuned]
+        else:
+            suite_to_run = suite
+        records_by_exp, records, missing = collect_runs(suite_to_run, budgets, seeds, args.dataset, out,
+                                                       extra, only, args.report_only, log, executor, tuned)
+    except PSRQError as e:
+        log(f"error: {e}")
+        return 2
+    finally:
+        if executor is not None:
+            executor.close()
+    missing += [f"{e.table} {e.name}: not tuned (tuning unfinished or every trial failed)" for e in untuned]
     try:
         check_same_test_rows(records_by_exp, suite)
     except IntegrityError as e:
@@ -76,7 +112,7 @@ def main(argv=None):
     rows = summarize(records_by_exp, suite, budgets, seeds)
     env = environment(tree)
     write_markdown(os.path.join(out, "results.md"), rows, command, env, args.dataset, seeds, missing,
-                   not_clean)
+                   not_clean, tuning=tuning)
     write_csv(os.path.join(out, "results.csv"), records)
     write_latex(os.path.join(out, "results.tex"), rows)
     plots = plot_metrics(out, rows)

@@ -23,8 +23,8 @@ def plot_metrics(out, rows):
         for ax, metric in zip(axes[0], metrics):
             present = [r for r in table_rows if metric in r["metrics"]]
             labels = [f"{r['name']}\n{r['budget']}" for r in present]
-            means = [r["metrics"][metric][0] for r in present]
-            stds = [r["metrics"][metric][1] for r in present]
+            means = [r["metrics"][metric].mean for r in present]
+            stds = [r["metrics"][metric].std for r in present]
             ax.bar(range(len(present)), means, yerr=stds, capsize=3,
                    color=["#999" if r["is_baseline"] else "#3b7dd8" for r in present])
             ax.set_xticks(range(len(present)), labels, rotation=60, ha="right", fontsize=7)

@@ -7,7 +7,8 @@ import sys
 
 import numpy as np
 
-from recbole_psrq.benchmark.suites import BUDGETS, COLD_BUCKETS, CTR_METRICS, TABLE_TITLES, TOPK_METRICS
+from recbole_psrq.benchmark.suites import (BASELINES, BUDGETS, CTR_METRICS, SMALLER_IS_BETTER, TABLE_TITLES,
+                                           TOPK_METRICS)
 
 
 def environment(tree):
@@ -26,9 +27,52 @@ def environment(tree):
 
 
 def _fmt(stats):
-    mean, std, p = stats
-    p_text = "" if np.isnan(p) else f" (p={p:.3g})"
-    return f"{mean:.4f} ± {std:.4f}{p_text}"
+    """A main-table cell: mean ± std over seeds."""
+    return f"{stats.mean:.4f} ± {stats.std:.4f}"
+
+
+def _num(value, spec=".4f"):
+    return "–" if value is None or np.isnan(value) else format(value, spec)
+
+
+def _p(value):
+    return "–" if value is None or np.isnan(value) else f"{value:.3g}"
+
+
+def _verdict(row, metric, stats):
+    """What the difference says at p_Holm < 0.05 (the direction follows SMALLER_IS_BETTER)."""
+    if row["is_floor"]:
+        return "reference (not tested)"
+    if np.isnan(stats.p_holm):
+        return "not testable"
+    if stats.p_holm >= 0.05:
+        return "n.s."
+    better = stats.diff < 0 if metric in SMALLER_IS_BETTER else stats.diff > 0
+    return "better" if better else "worse"
+
+
+def _difference_table(table_rows, metrics, baseline_name):
+    """The paired differences of every non-baseline row to the baseline, one line per (row, metric)."""
+    compared = [r for r in table_rows if not r["is_baseline"]]
+    lines = [f"Paired differences to **{baseline_name}** (Δ = method − {baseline_name}, mean over the "
+             "seeds both ran; 95% CI: paired t; p: two-sided paired t-test; p_Holm: Holm-adjusted within "
+             "this table's family):", "",
+             "| method | metric | pairs | Δ [95% CI] | p | p_Holm | verdict |", "|---|---|---|---|---|---|---|"]
+    for r in compared:
+        for m in metrics:
+            if m not in r["metrics"]:
+                continue
+            s = r["metrics"][m]
+            ci = f"[{_num(s.ci_low)}, {_num(s.ci_high)}]"
+            lines.append(f"| {r['name']} | {m} | {s.n_paired} | Δ {_num(s.diff, '+.4f')} {ci} | p={_p(s.p)} "
+                         f"| p_Holm={_p(s.p_holm)} | {_verdict(r, m, s)} |")
+    tested = [r for r in compared if not r["is_floor"]]
+    m_family = sum(not np.isnan(s.p) for r in tested for s in r["metrics"].values())
+    floors = [r["name"] for r in compared if r["is_floor"]]
+    lines += ["", f"Holm family of this table: m = {m_family} comparisons (every non-baseline row × every "
+              f"metric above with a p-value, {len(tested)} row(s)" +
+              (f"; floors excluded: {', '.join(floors)}" if floors else "") + ").", ""]
+    return lines if compared else []
 
 
 def _table_blocks(rows):
@@ -52,16 +96,67 @@ def _cold_bucket_line(table_rows):
             "label only, has no AUC (–).", ""]
 
 
-def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=()):
+def _cell(text):
+    """Text safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _tuning_section(tuning, rows):
+    """Per experiment: the tuning budget, search space, chosen values, best validation score and the
+    frozen config; or why it was not tuned."""
+    floors = {(r["table"], r["name"]) for r in rows if r.get("is_floor")}
+    lines = ["## Tuning", "",
+             "Hyperparameters searched on the validation split only (the test split is never read), then "
+             "frozen; the runs above use the frozen values.", "",
+             "| table | experiment | trials (pruned) | search space | chosen | best validation | frozen config |",
+             "|---|---|---|---|---|---|---|"]
+    listed = dict(tuning)
+    for r in rows:  # an experiment of the report without an entry was not tuned: say so, never omit it
+        listed.setdefault((r["table"], r["name"]), None)
+    for (table, name), info in listed.items():
+        if info is None:
+            reason = "not tuned (training-free)" if (table, name) in floors or name.startswith("Floor") \
+                else "not tuned"
+            lines.append(f"| {table} | {name} | {reason} | – | – | – | – |")
+            continue
+        space = "; ".join(f"`{k}`: {_cell(v)}" for k, v in info.get("space", {}).items()) or "–"
+        if info.get("space_hash"):
+            space += f" (space hash `{info['space_hash']}`)"
+        chosen = "; ".join(f"`{k}` = {_cell(v)}" for k, v in info.get("chosen", {}).items()) or "–"
+        best = info.get("best_valid") or {}
+        best_text = f"{best['metric']} {best['score']:.4f}" if best.get("metric") is not None \
+            and best.get("score") is not None else "–"
+        frozen = f"`{_cell(info['frozen'])}`" if info.get("frozen") else "–"
+        lines.append(f"| {table} | {name} | {info.get('trials', '–')} ({info.get('pruned', 0)} pruned) | {space} "
+                     f"| {chosen} | {best_text} | {frozen} |")
+    return lines + [""]
+
+
+def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=(), tuning=None):
+    """``results.md``. ``tuning``: optional {(table, experiment name): info or None} (info: trials, space,
+    space_hash, chosen, best_valid {metric, score}, frozen, pruned); when None, the rows' own ``tuning``
+    entries are used if they have any."""
+    if tuning is None and any("tuning" in r for r in rows):
+        tuning = {(r["table"], r["name"]): r["tuning"] for r in rows if "tuning" in r}
     lines = [f"# Benchmark results: {dataset}", "",
-             f"Command: `{command}`  ", f"Seeds: {seeds}  ", f"Git commit: {env['git_commit']}  ",
+             f"Command: `{command}`  ", f"Seeds: {seeds} ({len(seeds)} seeds; the `seeds` column counts each "
+             "method's finished runs)  ",
+             f"Git commit: {env['git_commit']}  ",
              f"Date: {env['date']}  ", f"Python {env['python']}; " +
              ", ".join(f"{k} {v}" for k, v in env["packages"].items()), "",
              "Cells: mean ± std over seeds on the test split. Budget `one_epoch`: the model after one epoch "
              "(nothing to select); `early_stop`: the checkpoint with the best validation score. "
-             "p = two-sided paired t-test against the table's baseline (DIN for T2-T4, SASRec for "
-             "top-k) on the same seeds. LogLoss: lower is better. Floors are training-free scores on the same "
-             "test rows (their LogLoss is meaningless: the scores are not probabilities).", ""]
+             "LogLoss: lower is better. Floors are training-free scores on the same "
+             "test rows (their LogLoss is meaningless: the scores are not probabilities).", "",
+             "Statistics: each method is compared with the table's baseline (DIN for T2-T4, SASRec for top-k) "
+             "paired by seed (seed s against the baseline's seed s; seeds only one of them ran are left "
+             "out). Δ = mean paired difference (method − baseline) with its 95% confidence interval from "
+             "the paired t distribution (t quantile with n−1 degrees of freedom, n = pairs; all differences "
+             "equal: [Δ, Δ]); p = two-sided paired t-test (all differences equal and non-zero: 0); p_Holm = "
+             "Holm-Bonferroni adjusted within each table and budget. The Holm family of a table is every "
+             "(non-baseline row × metric) comparison with a p-value, all the table's metrics included; "
+             "floors are reference rows: they get Δ and its interval but no p and are not in the family. "
+             "Verdicts (better / worse / n.s.) use p_Holm < 0.05, never the raw p.", ""]
     if not_clean:
         lines += ["## Not from a clean commit (aggregated with `--allow-dirty`)", ""] + [
             f"- {reason}" for reason in not_clean] + [""]
@@ -75,6 +170,9 @@ def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=
             lines.append(f"| {name} | {r['n']} | " + " | ".join(cells) + f" | {r['wall']:.0f} |")
         lines.append("")
         lines += _cold_bucket_line(table_rows)
+        lines += _difference_table(table_rows, metrics, BASELINES[table_rows[0]["table"]])
+    if tuning is not None:
+        lines += _tuning_section(tuning, rows)
     if missing:
         lines += ["## Runs not (yet) finished", ""] + [f"- {m}" for m in missing] + [""]
     with open(path, "w") as f:
@@ -104,11 +202,13 @@ def write_latex(path, rows):
                 if m not in r["metrics"]:
                     cells.append("--")
                     continue
-                mean, std, p = r["metrics"][m]
-                star = "$^{*}$" if not np.isnan(p) and p < 0.05 else ""
-                cells.append(f"{mean:.4f}$\\pm${std:.4f}{star}")
+                s = r["metrics"][m]
+                dagger = "$^{\\dagger}$" if not np.isnan(s.p_holm) and s.p_holm < 0.05 else ""
+                cells.append(f"{s.mean:.4f}$\\pm${s.std:.4f}{dagger}")
             lines.append(r["name"].replace("_", "\\_") + " & " + " & ".join(cells) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}", ""]
-    lines.append("% * p < 0.05, paired t-test against the table's baseline over seeds")
+    lines.append("% mean $\\pm$ std over seeds; $^{\\dagger}$ p_Holm < 0.05: two-sided paired t-test against the "
+                 "table's baseline, paired by seed, Holm-adjusted within the table and budget (family: every "
+                 "non-baseline row x metric, floors excluded)")
     with open(path, "w") as f:
         f.write("\n".join(lines))

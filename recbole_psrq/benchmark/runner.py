@@ -1,13 +1,14 @@
-"""Running a suite: one ``run_recbole_psrq.py`` process per (experiment, budget, seed), its record kept
-under ``<out>/runs/<budget>/<config fingerprint>/<run key>/seed<N>.json``; a finished run is never rerun,
-so a killed suite resumes where it stopped."""
+"""Running a suite: one ``run_recbole_psrq.py`` process per (experiment, budget, seed), run through an
+executor (:mod:`recbole_psrq.benchmark.executor`), its record written by this driver only, under
+``<out>/runs/<budget>/<config fingerprint>/<run key>/seed<N>.json``; a finished run is never rerun, so a
+killed suite resumes where it stopped."""
 import json
 import os
 import subprocess
-import sys
-import time
 
+from recbole_psrq.benchmark.executor import LocalExecutor, Task
 from recbole_psrq.benchmark.suites import BUDGETS
+from recbole_psrq.errors import ConfigError
 from recbole_psrq.io import atomic_open
 from recbole_psrq.quick_start import PROJECT_ROOT
 
@@ -39,9 +40,10 @@ def run_code_files():
     return files
 
 
-def config_fingerprint(experiment, dataset):
-    """Hash of the yaml files the run is built from and of the code it runs: editing the protocol, the
-    dataset or model settings, or the code gives new runs instead of mixing results made differently."""
+def config_fingerprint(experiment, dataset, tuned_file=None):
+    """Hash of the yaml files the run is built from (the frozen tuned configuration included) and of the
+    code it runs: editing the protocol, the dataset or model settings, retuning, or editing the code gives
+    new runs instead of mixing results made differently."""
     import hashlib
 
     from recbole_psrq import quick_start
@@ -49,59 +51,102 @@ def config_fingerprint(experiment, dataset):
     protocol = experiment.overrides.get("protocol") or quick_start.default_protocol(
         quick_start.resolve_model(experiment.model))
     digest = hashlib.sha256()
-    for path in quick_start.config_file_list(experiment.model, dataset, protocol) + run_code_files():
+    extra = [tuned_file] if tuned_file else []
+    for path in quick_start.config_file_list(experiment.model, dataset, protocol, extra) + run_code_files():
         with open(path, "rb") as f:
             digest.update(os.path.relpath(path, PROJECT_ROOT).encode() + b"\0" + f.read())
     return digest.hexdigest()[:10]
 
 
-def run_path(out, budget, experiment, seed, dataset):
-    return os.path.join(out, "runs", budget, config_fingerprint(experiment, dataset),
-                        run_key(experiment), f"seed{seed}.json")
+def run_path(out, budget, experiment, seed, dataset, tuned_file=None):
+    fingerprint = config_fingerprint(experiment, dataset, tuned_file)
+    return os.path.join(out, "runs", budget, fingerprint, run_key(experiment), f"seed{seed}.json")
 
 
-def run_one(experiment, budget, seed, dataset, out, extra_overrides, log):
-    """Run (or reuse) one training run. Returns its record dict."""
-    path = run_path(out, budget, experiment, seed, dataset)
-    if os.path.isfile(path):
-        log(f"skip   {budget:10s} {experiment.name:16s} seed {seed} (done: {shown_path(path)})")
-        with open(path) as f:
-            return json.load(f)
+def run_task(experiment, budget, seed, dataset, out, extra_overrides, tuned_file=None):
+    """The :class:`Task` of one training run, and the path of its record."""
+    path = run_path(out, budget, experiment, seed, dataset, tuned_file)
     # one torch thread per run: on small shared machines 2 threads were measured ~7x slower.
     # The seed drives every seeded step of the run, the SIDs' k-means included, so the quantizers'
     # variance is part of the spread over seeds. SIDs are cached by content + config in one folder for
     # the whole suite (entries are written atomically and verified when read).
     overrides = {"torch_threads": 1, "sid_cache_dir": os.path.join(out, "runs", "sid_cache"),
                  **BUDGETS[budget], **extra_overrides, **experiment.overrides, "seed": seed, "sid_seed": seed}
-    command = [sys.executable, os.path.join(PROJECT_ROOT, "run_recbole_psrq.py"),
-               f"--model={experiment.model}", f"--dataset={dataset}"]
-    command += [f"--{k}={v}" for k, v in overrides.items()]
+    argv = [os.path.join(PROJECT_ROOT, "run_recbole_psrq.py"), f"--model={experiment.model}",
+            f"--dataset={dataset}"]
+    if tuned_file:  # the frozen tuned configuration, below the experiment's own overrides
+        argv.append(f"--config_files={os.path.abspath(tuned_file)}")
+    argv += [f"--{k}={v}" for k, v in overrides.items()]
     # a working folder per run: its log, checkpoint and result JSON are nobody else's
     workdir = os.path.join(os.path.dirname(path), f"seed{seed}.work")
-    os.makedirs(workdir, exist_ok=True)
-    log(f"run    {budget:10s} {experiment.name:16s} seed {seed}")
-    start = time.time()
-    proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": PROJECT_ROOT})
-    wall = time.time() - start
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        log(f"FAILED {budget:10s} {experiment.name:16s} seed {seed} after {wall:.0f}s:\n{tail}")
-        return None
-    result_file = next(line.split(" to ", 1)[1] for line in proc.stdout.splitlines()
-                       if line.startswith("results written to "))
-    with open(os.path.join(workdir, result_file)) as f:
-        result = json.load(f)
-    record = {"model": experiment.model, "overrides": experiment.overrides, "budget": budget,
-              "seed": seed, "wall_seconds": wall, "test_result": result["test_result"],
-              "best_valid_result": result["best_valid_result"], "protocol": result.get("protocol_checks"),
-              "git": git_state(), "command": " ".join(command[1:]),
-              "log_file": os.path.join(workdir, result["log_file"])}
-    with atomic_open(path, "w") as f:  # only a finished run leaves a record: a killed one is rerun
-        json.dump(record, f, indent=2)
-    log(f"done   {budget:10s} {experiment.name:16s} seed {seed} in {wall:.0f}s: "
-        f"{_short(result['test_result'])}")
-    return record
+    key = f"{budget:10s} {experiment.name:16s} seed {seed}"
+    return path, Task(key=key, argv=tuple(argv), workdir=workdir)
+
+
+def make_record(experiment, budget, seed, task, outcome, tuned_file=None):
+    result = outcome["result"]
+    return {"model": experiment.model, "overrides": experiment.overrides, "budget": budget,
+            "seed": seed, "wall_seconds": outcome["wall"], "test_result": result["test_result"],
+            "best_valid_result": result["best_valid_result"], "protocol": result.get("protocol_checks"),
+            "tuned": shown_path(tuned_file) if tuned_file else None,
+            "git": git_state(), "command": " ".join(task.argv),
+            "log_file": os.path.join(task.workdir, result["log_file"])}
+
+
+def run_one(experiment, budget, seed, dataset, out, extra_overrides, log, tuned_file=None):
+    """Run (or reuse) one training run here. Returns its record dict (None when it failed)."""
+    records, _ = run_all([(experiment, budget, seed)], dataset, out, extra_overrides, log,
+                         LocalExecutor(1), {(budget, run_key(experiment)): tuned_file})
+    return records.get((budget, run_key(experiment), seed))
+
+
+def run_all(units, dataset, out, extra_overrides, log, executor, tuned=None):
+    """Run every (experiment, budget, seed) of ``units`` that has no record yet, through ``executor``.
+    ``tuned`` maps (budget, run key) to a frozen tuned yaml. Returns ({(budget, run key, seed): record},
+    [failed unit]); only this driver writes records, each atomically as its run finishes."""
+    tuned = tuned or {}
+    records, pending, task_info, failed = {}, {}, {}, []
+    for experiment, budget, seed in units:
+        key = (budget, run_key(experiment), seed)
+        if key in records or key in pending.values():
+            continue
+        tuned_file = tuned.get((budget, run_key(experiment)))
+        path, task = run_task(experiment, budget, seed, dataset, out, extra_overrides, tuned_file)
+        if os.path.isfile(path):
+            log(f"skip   {task.key} (done: {shown_path(path)})")
+            with open(path) as f:
+                records[key] = json.load(f)
+            continue
+        pending[task] = key
+        task_info[task] = (experiment, budget, seed, path, tuned_file)
+    for task in pending:
+        log(f"run    {task.key}")
+    for task, outcome in executor.map(list(pending)):
+        experiment, budget, seed, path, tuned_file = task_info.pop(task)
+        if not outcome["ok"]:
+            log(f"FAILED {task.key} after {outcome['wall']:.0f}s:\n{outcome['tail']}")
+            failed.append((experiment, budget, seed))
+            continue
+        record = make_record(experiment, budget, seed, task, outcome, tuned_file)
+        with atomic_open(path, "w") as f:  # only a finished run leaves a record: a killed one is rerun
+            json.dump(record, f, indent=2)
+        records[pending[task]] = record
+        log(f"done   {task.key} in {outcome['wall']:.0f}s: {_short(record['test_result'])}")
+    return records, failed
+
+
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(name="local", jobs=1, ray_address=None, cpus_per_task=1, gpus_per_task=0):
+    """The executor of runs and tuning trials: ``local`` (``jobs`` processes here) or ``ray``."""
+    if name == "local":
+        return LocalExecutor(jobs)
+    if name == "ray":
+        from recbole_psrq.benchmark.ray_executor import RayExecutor
+
+        return RayExecutor(address=ray_address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
+    raise ConfigError(f"Unknown executor '{name}'; use one of {', '.join(EXECUTORS)}.")
 
 
 def git_state():
@@ -121,27 +166,28 @@ def _short(metrics):
     return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
 
 
-def collect_runs(suite, budgets, seeds, dataset, out, extra, only, report_only, log):
-    """Run (or, with ``report_only``, only read) every run of the suite. Returns ``records_by_exp``
-    ({(budget, table, name): {seed: record}}), the records as report rows and the missing runs."""
-    records_by_exp, records, missing, done_keys = {}, [], [], {}
-    for budget in budgets:
-        for seed in seeds:
-            for experiment in suite:
-                if only and experiment.name not in only:
-                    continue
-                key = (budget, run_key(experiment), seed)
-                if key in done_keys:  # the same run listed in several tables
-                    record = done_keys[key]
-                elif report_only:
-                    path = run_path(out, budget, experiment, seed, dataset)
-                    record = json.load(open(path)) if os.path.isfile(path) else None
-                else:
-                    record = run_one(experiment, budget, seed, dataset, out, extra, log)
-                done_keys[key] = record
-                if record is None:
-                    missing.append(f"{experiment.table} {experiment.name} {budget} seed {seed}")
-                    continue
-                records_by_exp.setdefault((budget, experiment.table, experiment.name), {})[seed] = record
-                records.append({**record, "table": experiment.table, "name": experiment.name})
+def collect_runs(suite, budgets, seeds, dataset, out, extra, only, report_only, log, executor=None,
+                 tuned=None):
+    """Run (or, with ``report_only``, only read) every run of the suite through ``executor`` (default: one
+    local process at a time). Returns ``records_by_exp`` ({(budget, table, name): {seed: record}}), the
+    records as report rows and the missing runs."""
+    tuned = tuned or {}
+    units = [(e, b, s) for b in budgets for s in seeds for e in suite if not only or e.name in only]
+    if report_only:
+        done = {}
+        for e, b, s in units:
+            path = run_path(out, b, e, s, dataset, tuned.get((b, run_key(e))))
+            if os.path.isfile(path):
+                with open(path) as f:
+                    done[(b, run_key(e), s)] = json.load(f)
+    else:
+        done, _ = run_all(units, dataset, out, extra, log, executor or LocalExecutor(1), tuned)
+    records_by_exp, records, missing = {}, [], []
+    for experiment, budget, seed in units:
+        record = done.get((budget, run_key(experiment), seed))
+        if record is None:
+            missing.append(f"{experiment.table} {experiment.name} {budget} seed {seed}")
+            continue
+        records_by_exp.setdefault((budget, experiment.table, experiment.name), {})[seed] = record
+        records.append({**record, "table": experiment.table, "name": experiment.name})
     return records_by_exp, records, missing

@@ -280,10 +280,12 @@ def _cached_codes(ids, x, modality, settings, quantizer_file, cache_dir, dataset
     fit_seconds = time.time() - start
     # items without a label are left out of the label metrics (the report skips None)
     item_labels = np.array([labels.get(i) for i in ids], dtype=object) if labels else None
-    report = sid_quality_report(x, codes, labels=item_labels, quantizer=quantizer)
+    report = sid_quality_report(x, codes, labels=item_labels, quantizer=quantizer, name=field)
     report["fit_seconds"] = fit_seconds
     logger.info(f"{field}: {action} in {fit_seconds:.1f}s; quality report: "
                 f"{json.dumps(_rounded(report))}")
+    for warning in report["warnings"]:
+        logger.warning(warning)
     _write_entry(entry, quantizer, ids, codes, report, settings, modality)
     return codes
 

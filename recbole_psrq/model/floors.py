@@ -33,6 +33,7 @@ class _Floor(SequentialRecommender):
 
     input_type = InputType.POINTWISE
     protocol = "ctr"  # the runner's default protocol for this model
+    training_free = True  # nothing to tune: the tuner skips it
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -18,7 +18,19 @@ Definitions (the project's choices where the paper gives none):
 - ``nmi_labels[l]`` / ``purity_labels[l]``: NMI (arithmetic-mean normalisation, as sklearn's default)
   and purity of level-l codes against item labels (e.g. genre); items whose label is None are left
   out, ``labelled_items`` says how many were used. ``nmi_level1[l]``: NMI of level-l codes against
-  level-1 codes (how much deeper levels stay tied to the coarse semantics).
+  level-1 codes (how much deeper levels stay tied to the coarse semantics). NMI is sklearn's
+  ``normalized_mutual_info_score`` (default ``average_method="arithmetic"``) when scikit-learn is
+  installed, else the same formula in numpy (``normalized_mutual_info``; scikit-learn is not a
+  dependency of the project).
+- ``distinct_sid_share``: ``unique_sids / n_items`` (the items are distinct: one row per item id).
+- ``prefix_weights[l]`` (PSRQ only): the prefix weight level l used (None at level 1); with
+  ``prefix_weight: auto`` these are the weights chosen at fit.
+- ``warnings``: sentences for SIDs that are probably unfit for a recommender, each naming the
+  modality and level, the figure, the threshold and what to try (also ``warning_thresholds``):
+  (a) a level l >= 2 with ``nmi_level1[l] > NMI_LEVEL1_WARN`` (0.9): its codes are nearly a function
+  of the level-1 code, so the level adds almost no information;
+  (b) ``distinct_sid_share < MIN_DISTINCT_SID_SHARE`` (0.5): fewer distinct full SIDs than half the
+  items, so many items share one SID and the model cannot tell them apart.
 """
 import faiss
 import numpy as np
@@ -26,14 +38,21 @@ import numpy as np
 from recbole_psrq.errors import DataFormatError
 from recbole_psrq.quantization.base import check_matrix, limit_threads
 
+#: warn when a level >= 2 has NMI with the level-1 codes above this (nearly a function of level 1)
+NMI_LEVEL1_WARN = 0.9
+#: warn when distinct full SIDs / items is below this
+MIN_DISTINCT_SID_SHARE = 0.5
+
 
 def sid_quality_report(X, codes, labels=None, quantizer=None, codebook_size=None, knn_sample=2000,
-                       knn_k=10, seed=0):
+                       knn_k=10, seed=0, name="SID", nmi_level1_warn=NMI_LEVEL1_WARN,
+                       min_distinct_sid_share=MIN_DISTINCT_SID_SHARE):
     """Dict of SID quality metrics (see the module docstring) of ``codes`` (N, L), the SIDs of the
     embeddings ``X`` (N, d). ``quantizer`` (fitted) enables the reconstruction and kNN metrics and
     supplies ``codebook_size``; without it ``X`` is not read. ``labels`` (length N, None = unknown)
     enables the label metrics. Per-level metrics are lists indexed by level; the caller adds
-    ``fit_seconds``."""
+    ``fit_seconds``. ``name`` (e.g. the modality's field, ``text_sid``) opens each sentence of
+    ``warnings``; ``nmi_level1_warn`` and ``min_distinct_sid_share`` are their thresholds."""
     codes = _check_codes(codes)
     n_items, n_levels = codes.shape
     if codebook_size is None and quantizer is not None:
@@ -50,7 +69,11 @@ def sid_quality_report(X, codes, labels=None, quantizer=None, codebook_size=None
     report["unique_sids"] = int(len(bucket_sizes))
     report["collision_rate"] = 1.0 - len(bucket_sizes) / n_items
     report["max_items_per_sid"] = int(bucket_sizes.max())
+    report["distinct_sid_share"] = len(bucket_sizes) / n_items
     report["nmi_level1"] = [normalized_mutual_info(c, codes[:, 0]) for c in codes.T]
+    weights = getattr(quantizer, "prefix_weights", None)
+    if weights is not None:
+        report["prefix_weights"] = [None if w is None else float(w) for w in weights]
     if labels is not None:
         report.update(_label_metrics(codes, labels))
     if quantizer is not None:
@@ -67,12 +90,67 @@ def sid_quality_report(X, codes, labels=None, quantizer=None, codebook_size=None
     else:
         report["recon_mse"] = None
         report[f"knn_recall@{knn_k}"] = None
+    report["warning_thresholds"] = {"nmi_level1": nmi_level1_warn,
+                                    "distinct_sid_share": min_distinct_sid_share}
+    report["warnings"] = sid_warnings(report, name, quantizer, nmi_level1_warn,
+                                      min_distinct_sid_share)
     return report
 
 
+def sid_warnings(report, name="SID", quantizer=None, nmi_level1_warn=NMI_LEVEL1_WARN,
+                 min_distinct_sid_share=MIN_DISTINCT_SID_SHARE):
+    """The warning sentences of a report (see the module docstring); ``quantizer`` (optional) tailors
+    the advice (PSRQ's prefix weight)."""
+    hint = ""
+    if getattr(quantizer, "name", None) == "psrq":
+        used = ", ".join(dict.fromkeys(f"{w:.3g}" for w in report.get("prefix_weights") or []
+                                       if w is not None))
+        if quantizer.options.get("prefix_weight") == "auto":
+            hint = f"a fixed PSRQ prefix_weight below the auto weights ({used}), "
+        else:
+            hint = f"a smaller PSRQ prefix_weight (now {used}) or prefix_weight: auto, "
+    warnings = []
+    n_levels = report["n_levels"]
+    for level in range(1, n_levels):
+        nmi = report["nmi_level1"][level]
+        if nmi > nmi_level1_warn:
+            warnings.append(
+                f"{name} level {level + 1}: NMI with the level-1 codes is {nmi:.3f} > "
+                f"{nmi_level1_warn}, so its codes are nearly a function of level 1 and add little "
+                f"information. Try {hint}fewer levels, or a larger codebook."
+            )
+    share = report["distinct_sid_share"]
+    if share < min_distinct_sid_share:
+        warnings.append(
+            f"{name}: only {report['unique_sids']} distinct full SIDs for {report['n_items']} items "
+            f"(share {share:.3f} < {min_distinct_sid_share}); up to {report['max_items_per_sid']} "
+            f"items share one SID and cannot be told apart by it. Try {hint}a larger codebook (now "
+            f"{report['codebook_size']}), or more levels (now {n_levels})."
+        )
+    return warnings
+
+
 def normalized_mutual_info(a, b):
-    """NMI of two labelings with arithmetic-mean normalisation, MI / ((H(a) + H(b)) / 2), matching
-    sklearn's ``normalized_mutual_info_score`` default (1.0 when both labelings are constant)."""
+    """NMI of two labelings with arithmetic-mean normalisation, MI / ((H(a) + H(b)) / 2): sklearn's
+    ``normalized_mutual_info_score`` (default ``average_method="arithmetic"``) when scikit-learn is
+    installed, else :func:`numpy_normalized_mutual_info`, the same formula (1.0 when both labelings
+    are constant)."""
+    score = _sklearn_nmi()
+    if score is None:
+        return numpy_normalized_mutual_info(a, b)
+    return float(score(np.asarray(a), np.asarray(b)))
+
+
+def _sklearn_nmi():
+    try:
+        from sklearn.metrics import normalized_mutual_info_score
+    except ImportError:
+        return None
+    return normalized_mutual_info_score
+
+
+def numpy_normalized_mutual_info(a, b):
+    """NMI MI / ((H(a) + H(b)) / 2) in numpy (the fallback without scikit-learn)."""
     _, a = np.unique(np.asarray(a), return_inverse=True)
     _, b = np.unique(np.asarray(b), return_inverse=True)
     n_a, n_b = a.max() + 1, b.max() + 1

@@ -1,0 +1,76 @@
+"""Where runs and tuning trials execute. Every unit of work is a :class:`Task`: one Python process
+(``run_recbole_psrq.py`` for a benchmark run, ``recbole_psrq.tune.trial`` for a tuning trial) started in
+a working folder of its own, which prints ``results written to <file>``; the task returns that file's
+JSON. Executors only run tasks and hand their outcomes back to the driver, which alone writes records
+(atomically), so a killed or resumed study never sees a half-written record.
+
+- ``local`` (default): a pool of ``--jobs N`` processes on this machine.
+- ``ray``: every task is a Ray task with declared CPUs (and GPUs when configured), retried when its
+  node dies; see :class:`RayExecutor`.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from recbole_psrq.errors import ConfigError
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RESULT_LINE = "results written to "
+
+
+@dataclass(frozen=True)
+class Task:
+    """``python <argv...>`` run in ``workdir``; ``key`` names it in logs and outcomes."""
+    key: str
+    argv: tuple
+    workdir: str
+    env: tuple = ()  # extra environment variables, (name, value) pairs
+
+
+def run_task(task):
+    """Run one task here and return its outcome: ``{"ok", "result" (the JSON it wrote, or None), "wall",
+    "tail" (the end of its output, for failures), "returncode"}``."""
+    os.makedirs(task.workdir, exist_ok=True)
+    start = time.time()
+    proc = subprocess.run([sys.executable, *task.argv], cwd=task.workdir, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": PROJECT_ROOT, **dict(task.env)})
+    wall = time.time() - start
+    tail = "\n".join(((proc.stderr or "") + (proc.stdout or "")).strip().splitlines()[-15:])
+    outcome = {"ok": False, "result": None, "wall": wall, "tail": tail, "returncode": proc.returncode}
+    written = [line[len(RESULT_LINE):] for line in proc.stdout.splitlines() if line.startswith(RESULT_LINE)]
+    if proc.returncode == 0 and written:
+        with open(os.path.join(task.workdir, written[-1])) as f:
+            outcome.update(ok=True, result=json.load(f))
+    elif proc.returncode == 0:
+        outcome["tail"] = f"the process printed no '{RESULT_LINE}<file>' line\n{tail}"
+    return outcome
+
+
+class LocalExecutor:
+    """Runs tasks in ``jobs`` concurrent processes on this machine."""
+
+    name = "local"
+
+    def __init__(self, jobs=1):
+        if int(jobs) < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {jobs}.")
+        self.jobs = int(jobs)
+
+    def map(self, tasks):
+        """Yield ``(task, outcome)`` as tasks finish, in completion order."""
+        tasks = list(tasks)
+        if self.jobs == 1:
+            for task in tasks:
+                yield task, run_task(task)
+            return
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:  # threads only wait on processes
+            futures = {pool.submit(run_task, task): task for task in tasks}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+
+    def close(self):
+        pass

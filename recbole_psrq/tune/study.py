@@ -1,0 +1,284 @@
+"""The tuning driver: for each experiment, a seeded Optuna TPE study over its search space, trials run
+through an executor (:mod:`recbole_psrq.benchmark.executor`) in rounds, and the best trial frozen as a yaml.
+
+Determinism: every round asks each study for ``batch`` trials, runs them (in any order, on any
+executor), then tells the study their outcomes in trial order; the pruner of a trial sees only trials
+finished in earlier rounds. So the sampled values and pruning decisions depend on the seed and the batch
+size, never on how many processes or nodes ran the trials. Every finished trial is kept as
+``trials/trialNNN.json`` (validation metrics only); a resumed study replays those (checking that the
+sampler proposes the same values) and runs only what is missing.
+"""
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import yaml
+
+from recbole_psrq.benchmark.executor import LocalExecutor, Task
+from recbole_psrq.errors import ConfigError
+from recbole_psrq.io import atomic_open
+
+FROZEN_NAME = "tuned.yaml"
+# where files live, not what is computed: left out of the frozen summary (it names no machine's folders)
+_WHERE_KEYS = {"sid_cache_dir", "data_path", "checkpoint_dir"}
+PRUNER = {"n_startup_trials": 2, "n_warmup_steps": 2}
+
+
+@dataclass
+class TuneJob:
+    """One experiment to tune: ``overrides`` are its fixed settings (budget, seed, the experiment's own
+    keys); ``space`` the keys the tuner may change."""
+    name: str
+    model: str
+    dataset: str
+    space: object
+    trials: int
+    folder: str
+    overrides: dict = field(default_factory=dict)
+    config_files: tuple = ()
+    seed: int = 0
+    batch: int = 2
+    base_config: dict = field(default_factory=dict)  # the merged yaml settings, for dotted keys
+    direction: str = "maximize"
+    valid_metric: str = "auc"
+
+
+def job_folder(root, model, space, trials, seed, batch, overrides):
+    """A study's folder: a new space, budget, seed, batch or fixed setting gives a new study."""
+    key = json.dumps({"space": space.to_dict(), "trials": trials, "seed": seed, "batch": batch,
+                      "overrides": {k: str(v) for k, v in sorted(overrides.items())}}, sort_keys=True)
+    return os.path.join(root, f"{model}-{hashlib.sha256(key.encode()).hexdigest()[:10]}")
+
+
+class _Study:
+    def __init__(self, job):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.job = job
+        startup = max(1, min(4, job.trials // 2))
+        sampler = optuna.samplers.TPESampler(seed=job.seed, n_startup_trials=startup)
+        self.study = optuna.create_study(direction=job.direction, sampler=sampler)
+        self.distributions = job.space.distributions()
+        self.records = {}
+        self.asked = 0
+
+    def remaining(self):
+        return self.job.trials - self.asked
+
+    def trial_path(self, number):
+        return os.path.join(self.job.folder, "trials", f"trial{number:03d}.json")
+
+    def history(self):
+        return [{"curve": r["valid_curve"], "value": r["best_valid_score"]}
+                for r in self.records.values() if r["state"] == "complete"]
+
+    def ask_round(self):
+        """Ask for this round's trials; returns [(optuna trial, values, recorded or None)]."""
+        asked = []
+        for _ in range(min(self.job.batch, self.remaining())):
+            trial = self.study.ask(self.distributions) if self.distributions else self.study.ask()
+            self.asked += 1
+            values = self.job.space.values(trial.params)
+            recorded = None
+            path = self.trial_path(trial.number)
+            if os.path.isfile(path):
+                with open(path) as f:
+                    recorded = json.load(f)
+                if recorded["params"] != values:
+                    raise ConfigError(
+                        f"{path} was recorded with {recorded['params']}, but the seeded sampler now proposes "
+                        f"{values} for trial {trial.number}: the study's settings changed under the same "
+                        "folder. Delete the folder to start the study again.")
+            asked.append((trial, values, recorded))
+        return asked
+
+    def spec(self, values):
+        from recbole_psrq.tune.space import apply_values
+
+        job = self.job
+        return {"model": job.model, "dataset": job.dataset, "config_files": list(job.config_files),
+                "overrides": {**job.overrides, **apply_values(values, job.base_config)},
+                "direction": job.direction, "pruner": PRUNER, "history": self.history()}
+
+    def tell(self, trial, record):
+        from optuna.trial import TrialState
+
+        self.records[trial.number] = record
+        if record["state"] == "failed":
+            self.study.tell(trial, state=TrialState.FAIL)
+            return
+        for epoch, score in record["valid_curve"]:
+            trial.report(score, epoch)
+        if record["state"] == "pruned":
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(trial, record["best_valid_score"])
+
+    def best(self):
+        complete = [r for r in self.records.values() if r["state"] == "complete"]
+        if not complete:
+            return None
+        sign = 1 if self.job.direction == "maximize" else -1
+        return max(complete, key=lambda r: (sign * r["best_valid_score"], -r["number"]))
+
+
+def tune(jobs, executor=None, log=print):
+    """Run every job's study to its budget (rounds interleaved across jobs, so an executor with several
+    processes or nodes is kept busy) and freeze each best trial. Returns {job name: frozen yaml path}
+    (None for a job whose every trial failed)."""
+    executor = executor or LocalExecutor(1)
+    studies = [_Study(job) for job in jobs]
+    for st in studies:
+        os.makedirs(os.path.join(st.job.folder, "trials"), exist_ok=True)
+        _write_json(os.path.join(st.job.folder, "space.json"),
+                    {"space": st.job.space.to_dict(), "sources": st.job.space.sources,
+                     "hash": st.job.space.hash(), "trials": st.job.trials, "seed": st.job.seed,
+                     "batch": st.job.batch, "overrides": {k: str(v) for k, v in st.job.overrides.items()}})
+    while any(st.remaining() for st in studies):
+        round_trials, tasks = [], {}
+        for st in studies:
+            if not st.remaining():
+                continue
+            for trial, values, recorded in st.ask_round():
+                round_trials.append((st, trial, values, recorded))
+                if recorded is None:
+                    spec = st.spec(values)
+                    task = Task(key=f"{st.job.name} trial {trial.number}",
+                                argv=("-m", "recbole_psrq.tune.trial", "--spec", json.dumps(spec)),
+                                workdir=os.path.join(st.job.folder, "work", f"trial{trial.number:03d}"))
+                    tasks[task] = (st, trial, values, spec)
+        outcomes = {}
+        for task, outcome in executor.map(list(tasks)):
+            st, trial, values, spec = tasks[task]
+            record = _trial_record(trial.number, values, spec, task, outcome)
+            with atomic_open(st.trial_path(trial.number), "w") as f:  # the driver alone writes records
+                json.dump(record, f, indent=2)
+            outcomes[(id(st), trial.number)] = record
+            log(_describe(st.job, record))
+        for st, trial, values, recorded in round_trials:  # tell in trial order: independent of timing
+            st.tell(trial, recorded or outcomes[(id(st), trial.number)])
+    return {st.job.name: freeze(st) for st in studies}
+
+
+def _trial_record(number, values, spec, task, outcome):
+    record = {"number": number, "params": values, "state": "failed", "valid_curve": [],
+              "best_valid_score": None, "best_valid_result": None, "wall_seconds": outcome["wall"],
+              "overrides": {k: str(v) for k, v in spec["overrides"].items()}}
+    if outcome["ok"]:
+        result = outcome["result"]
+        record.update({k: result[k] for k in ("state", "valid_curve", "best_valid_score",
+                                              "best_valid_result", "valid_metric")})
+        record["log_file"] = os.path.join(task.workdir, result["log_file"]) if result.get("log_file") else None
+    else:
+        record["error"] = outcome["tail"]
+    return record
+
+
+def _describe(job, record):
+    if record["state"] == "failed":
+        return f"trial  {job.name} #{record['number']} FAILED:\n{record.get('error', '')}"
+    values = ", ".join(f"{k}={_short(v)}" for k, v in record["params"].items())
+    epochs = len(record["valid_curve"])
+    return (f"trial  {job.name} #{record['number']} {record['state']} after {epochs} validation(s): best "
+            f"{record['valid_metric']} {record['best_valid_score']:.4f} ({values}) in {record['wall_seconds']:.0f}s")
+
+
+def _short(value):
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def freeze(st):
+    """Write the best trial's settings as ``tuned.yaml`` (usable as ``--config_files``), with the space's
+    hash, the budget and the best validation score under the ``tuning`` key. Returns its path."""
+    from recbole_psrq.tune.space import apply_values
+
+    job, best = st.job, st.best()
+    if best is None:
+        return None
+    settings = apply_values(best["params"], job.base_config)
+    pruned = sum(r["state"] == "pruned" for r in st.records.values())
+    failed = sum(r["state"] == "failed" for r in st.records.values())
+    frozen = {**settings, "tuning": {
+        "experiment": job.name, "model": job.model, "dataset": job.dataset,
+        "chosen": best["params"], "best_trial": best["number"],
+        "best_valid": {"metric": best["valid_metric"], "score": best["best_valid_score"]},
+        "trials": job.trials, "pruned": pruned, "failed": failed, "seed": job.seed, "batch": job.batch,
+        "space_hash": job.space.hash(), "space": job.space.describe(),
+        "sampler": "optuna TPESampler(seed, n_startup_trials=min(4, trials // 2)); "
+                   f"MedianPruner({PRUNER['n_startup_trials']} finished trials, {PRUNER['n_warmup_steps']} "
+                   "warm-up epochs), on validation only",
+        "fixed": {k: str(v) for k, v in job.overrides.items() if k not in _WHERE_KEYS}}}
+    path = os.path.join(job.folder, FROZEN_NAME)
+    with atomic_open(path, "w") as f:
+        f.write(f"# Frozen by the tuner: trial {best['number']} of {job.trials} for {job.name} "
+                f"(validation only). Use with --config_files.\n")
+        yaml.safe_dump(_plain_yaml(frozen), f, sort_keys=False)
+    return path
+
+
+def _plain_yaml(value):
+    if isinstance(value, dict):
+        return {str(k): _plain_yaml(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_yaml(v) for v in value]
+    return value
+
+
+def _write_json(path, data):
+    with atomic_open(path, "w") as f:
+        json.dump(data, f, indent=2)
+
+
+def read_frozen(path):
+    """The ``tuning`` summary of a frozen yaml (for reports)."""
+    with open(path) as f:
+        return yaml.safe_load(f)["tuning"]
+
+
+SMALLER_IS_BETTER = {"logloss", "mae", "rmse"}
+
+
+def make_job(name, model, dataset, trials, root, overrides=None, config_files=(), seed=0, batch=2,
+             space_file=None):
+    """A :class:`TuneJob` for ``model``: its space (``space_file``, else ``properties/hyper``), minus every
+    key ``overrides`` fixes; the study folder under ``root``."""
+    from recbole_psrq import quick_start
+    from recbole_psrq.tune.space import default_space, read_space
+
+    if int(trials) < 1:
+        raise ConfigError(f"--trials must be at least 1, got {trials}.")
+    overrides = {**(overrides or {}), "seed": seed}
+    overrides.setdefault("sid_seed", seed)
+    model_class = quick_start.resolve_model(model)
+    protocol = overrides.get("protocol") or quick_start.default_protocol(model_class)
+    files = quick_start.config_file_list(model, dataset, protocol, config_files)
+    base = {**quick_start._merged_yaml(files), **_parsed(overrides)}
+    if space_file:
+        space = read_space(space_file)
+    else:
+        space = default_space(model, bool(base.get("sid_modalities")), base.get("sid_quantizer", "psrq"))
+    space = space.without(overrides)
+    if not len(space):
+        raise ConfigError(f"The search space of {name} is empty (every key is fixed by its settings); "
+                          "nothing to tune.")
+    metric = str(base.get("valid_metric", "AUC")).lower().split("@")[0]
+    folder = job_folder(root, model, space, int(trials), seed, int(batch), overrides)
+    return TuneJob(name=name, model=model, dataset=dataset, space=space, trials=int(trials), folder=folder,
+                   overrides=overrides, config_files=tuple(config_files), seed=seed, batch=int(batch),
+                   base_config=base, valid_metric=str(base.get("valid_metric", "AUC")).lower(),
+                   direction="minimize" if metric in SMALLER_IS_BETTER else "maximize")
+
+
+def _parsed(overrides):
+    """Command-line override strings as the values RecBole will see (dicts for dotted-key merging)."""
+    parsed = {}
+    for key, value in overrides.items():
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        parsed[key] = value
+    return parsed

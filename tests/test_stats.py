@@ -1,0 +1,238 @@
+"""The benchmark's statistics (``recbole_psrq.benchmark.stats``) and how results.md / results.tex show them:
+Holm adjustment, paired-t confidence intervals, pairing by seed, the Holm family (floors excluded) and
+the tuning section."""
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from recbole_psrq.benchmark.report import write_latex, write_markdown
+from recbole_psrq.benchmark.stats import MetricStats, holm, paired_difference, paired_ttest, summarize
+from recbole_psrq.benchmark.suites import Experiment
+
+ENV = {"git_commit": "0" * 40, "date": "today", "python": "3.11", "packages": {"recbole": "1.2.1"}}
+
+
+# --- holm ---------------------------------------------------------------------------------------------
+
+def test_holm_matches_a_hand_computed_example():
+    # m = 4. Sorted: p_(1) = 0.005 (index 3), p_(2) = 0.01 (index 0), p_(3) = 0.03 (index 2), p_(4) = 0.04
+    # (index 1). Multiply by m - j + 1 = 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04. Running maximum (step-down
+    # monotonicity): 0.02, 0.03, 0.06, 0.06. Back in input order: [0.03, 0.06, 0.06, 0.02].
+    # (Bonferroni would give [0.04, 0.16, 0.12, 0.02]; no running maximum would give 0.04 at index 1.)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_holm_is_monotone_capped_at_one_and_never_below_the_raw_p():
+    # 2 * 0.5 = 1.0 for the smallest, then 1 * 0.6 = 0.6 must be raised to 1.0 (monotone)
+    assert holm([0.6, 0.5]) == pytest.approx([1.0, 1.0])
+    assert holm([0.4, 0.9, 0.8]) == pytest.approx([1.0, 1.0, 1.0])  # 1.2, 1.6, 0.9 -> capped, monotone
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p = rng.uniform(0, 0.2, size=rng.integers(1, 12))
+        adjusted = np.array(holm(p))
+        order = np.argsort(p)
+        assert np.all(np.diff(adjusted[order]) >= 0)            # same order as the raw p-values
+        assert np.all(adjusted >= p) and np.all(adjusted <= 1)
+        assert np.all(adjusted <= np.minimum(1, len(p) * p) + 1e-15)  # never worse than Bonferroni
+
+
+def test_holm_passes_nan_through_and_does_not_count_it():
+    # m = 2 (the NaN is no comparison): 2 * 0.01 = 0.02, 1 * 0.04 = 0.04; with m = 3 it would be 0.03, 0.08
+    adjusted = holm([0.01, float("nan"), 0.04])
+    assert adjusted[0] == pytest.approx(0.02) and np.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
+    assert all(np.isnan(holm([float("nan")] * 3))) and holm([]) == []
+    assert holm([0.03]) == pytest.approx([0.03])
+
+
+# --- paired difference and t-test -------------------------------------------------------------------
+
+def test_paired_difference_matches_a_hand_computed_t_interval():
+    # d = [0.02, 0.03, 0.025]: mean 0.025; deviations -0.005, 0.005, 0 -> sd = sqrt(5e-5 / 2) = 0.005;
+    # se = 0.005 / sqrt(3) = 0.0028868; t_{0.975, df=2} = 4.3027 -> half width 0.012421:
+    # CI [0.012579, 0.037421]. (z = 1.96 would give ±0.005658; df = n = 3 would give t = 3.182.)
+    t = stats.t.ppf(0.975, 2)
+    assert t == pytest.approx(4.302653, abs=1e-6)
+    diff, low, high = paired_difference([0.72, 0.74, 0.715], [0.70, 0.71, 0.69])
+    assert diff == pytest.approx(0.025)
+    assert low == pytest.approx(0.025 - t * 0.005 / np.sqrt(3)) and low == pytest.approx(0.012579, abs=1e-6)
+    assert high == pytest.approx(0.025 + t * 0.005 / np.sqrt(3)) and high == pytest.approx(0.037421, abs=1e-6)
+
+
+def test_paired_difference_edge_cases():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        diff, low, high = paired_difference([0.7], [0.6])                     # one pair: no interval
+        assert diff == pytest.approx(0.1) and np.isnan(low) and np.isnan(high)
+        assert all(np.isnan(paired_difference([], [])))                      # no pairs
+        assert all(np.isnan(paired_difference([0.7, 0.8], [0.6])))            # not paired
+        # every difference 0.1 (up to float round-off): zero variance, interval [d, d]
+        diff, low, high = paired_difference([0.8, 0.9, 1.0], [0.7, 0.8, 0.9])
+        assert diff == pytest.approx(0.1) and low == diff and high == diff
+
+
+def test_paired_ttest_constant_nonzero_difference_is_zero_and_no_difference_is_nan():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy warns (and answers round-off noise) here: not asked
+        assert paired_ttest([0.8, 0.9, 1.0], [0.7, 0.8, 0.9]) == 0.0
+        assert np.isnan(paired_ttest([0.8, 0.9, 1.0], [0.8, 0.9, 1.0]))
+    assert paired_ttest([0.72, 0.74, 0.715], [0.70, 0.71, 0.69]) == pytest.approx(
+        stats.ttest_rel([0.72, 0.74, 0.715], [0.70, 0.71, 0.69]).pvalue)
+
+
+# --- summarize ----------------------------------------------------------------------------------------
+
+def _records(by_seed, logloss=None):
+    return {seed: {"test_result": {"auc": auc, **({"logloss": logloss[seed]} if logloss else {})},
+                   "wall_seconds": 1.0} for seed, auc in by_seed.items()}
+
+
+T2 = [Experiment("T2", "DIN", "DIN"), Experiment("T2", "DeepFM", "DeepFM"),
+      Experiment("T2", "WideDeep", "WideDeep"), Experiment("T2", "Floor: popularity", "PopularityFloor")]
+
+
+def test_differences_and_intervals_pair_by_seed_in_any_order_and_skip_unpaired_seeds():
+    din = {0: 0.70, 1: 0.71, 2: 0.69, 4: 0.90}
+    deepfm = {2: 0.715, 0: 0.72, 3: 0.50, 1: 0.74}  # another order; seed 3 has no DIN, seed 4 no DeepFM
+    by_exp = {("one_epoch", "T2", "DIN"): _records(din), ("one_epoch", "T2", "DeepFM"): _records(deepfm)}
+    auc = next(r for r in summarize(by_exp, T2[:2], ["one_epoch"], [0, 1, 2, 3, 4])
+               if r["name"] == "DeepFM")["metrics"]["auc"]
+    # paired seeds 0, 1, 2: the hand-computed example of test_paired_difference_matches_...
+    assert auc.n_paired == 3 and auc.diff == pytest.approx(0.025)
+    assert (auc.ci_low, auc.ci_high) == pytest.approx(
+        paired_difference([0.72, 0.74, 0.715], [0.70, 0.71, 0.69])[1:])
+    assert auc.p == pytest.approx(stats.ttest_rel([0.72, 0.74, 0.715], [0.70, 0.71, 0.69]).pvalue)
+    assert auc.mean == pytest.approx(np.mean(list(deepfm.values())))  # the mean keeps every seed
+
+
+def test_holm_family_is_every_model_metric_of_one_table_and_budget_without_floors():
+    seeds = range(4)
+    din = {s: 0.70 + 0.01 * s for s in seeds}
+    noise = [0.004, -0.003, 0.001, -0.002]
+    deepfm = {s: din[s] + 0.010 + noise[s] for s in seeds}
+    widedeep = {s: din[s] + 0.004 + noise[::-1][s] for s in seeds}
+    floor = {s: din[s] - 0.002 + noise[::-1][s] for s in seeds}  # moderate p-values, were it tested
+    loss = {"DIN": [0.60, 0.61, 0.62, 0.63], "DeepFM": [0.59, 0.62, 0.60, 0.64],
+            "WideDeep": [0.61, 0.60, 0.63, 0.62], "Floor: popularity": [0.62, 0.60, 0.64, 0.61]}
+    by_exp = {}
+    for budget, shift in (("one_epoch", 0.0), ("early_stop", 0.02)):
+        for name, values in (("DIN", din), ("DeepFM", deepfm), ("WideDeep", widedeep), ("Floor: popularity", floor)):
+            by_exp[(budget, "T2", name)] = _records({s: v + (shift if name == "WideDeep" else 0)
+                                                     for s, v in values.items()}, loss[name])
+    # a second table in the same budget: its own family
+    t3 = [Experiment("T3", "DIN", "DIN"), Experiment("T3", "DIN+PQ", "DIN")]
+    by_exp[("one_epoch", "T3", "DIN")] = _records(din)
+    by_exp[("one_epoch", "T3", "DIN+PQ")] = _records(deepfm)
+    rows = summarize(by_exp, T2 + t3, ["one_epoch", "early_stop"], list(seeds))
+    row = {(r["table"], r["budget"], r["name"]): r for r in rows}
+
+    for budget in ("one_epoch", "early_stop"):
+        family = [(name, m) for name in ("DeepFM", "WideDeep") for m in ("auc", "logloss")]
+        raw = [row[("T2", budget, n)]["metrics"][m].p for n, m in family]
+        assert len(raw) == 4 and not any(np.isnan(raw))
+        expected = holm(raw)  # m = 4: two models x two metrics, the floor left out
+        got = [row[("T2", budget, n)]["metrics"][m].p_holm for n, m in family]
+        assert got == pytest.approx(expected)
+        floor_row = row[("T2", budget, "Floor: popularity")]
+        assert floor_row["is_floor"] and not floor_row["is_baseline"]
+        for s in floor_row["metrics"].values():  # a reference row: a difference, but no test
+            assert np.isnan(s.p) and np.isnan(s.p_holm) and not np.isnan(s.diff) and s.n_paired == 4
+        # with the floor's two comparisons in the family (m = 6) the adjusted values would differ
+        floor_p = [paired_ttest([floor[s] for s in seeds], [din[s] for s in seeds]),
+                   paired_ttest(loss["Floor: popularity"], loss["DIN"])]
+        assert holm(raw + floor_p)[:4] != pytest.approx(expected)
+    # T3's only comparison is a family of one (it is not adjusted together with T2's)
+    pq = row[("T3", "one_epoch", "DIN+PQ")]["metrics"]["auc"]
+    assert pq.p_holm == pytest.approx(pq.p)
+    assert row[("T2", "one_epoch", "DeepFM")]["metrics"]["auc"].p_holm > \
+        row[("T2", "one_epoch", "DeepFM")]["metrics"]["auc"].p
+
+
+def test_summarize_attaches_tuning_only_when_given():
+    by_exp = {("one_epoch", "T2", "DIN"): _records({0: 0.7, 1: 0.71})}
+    assert "tuning" not in summarize(by_exp, T2, ["one_epoch"], [0, 1])[0]
+    info = {"trials": 3}
+    assert summarize(by_exp, T2, ["one_epoch"], [0, 1], tuning={("T2", "DIN"): info})[0]["tuning"] is info
+    assert summarize(by_exp, T2, ["one_epoch"], [0, 1], tuning={})[0]["tuning"] is None
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+TUNING_INFO = {"trials": 20, "pruned": 4, "space": {"learning_rate": "loguniform(1e-4, 1e-2)",
+                                                   "dropout_prob": "choice(0.0, 0.2)"},
+               "space_hash": "5f3a9c", "chosen": {"learning_rate": 0.0012, "dropout_prob": 0.2},
+               "best_valid": {"metric": "auc", "score": 0.71234}, "frozen": "tuned/T2/DeepFM.yaml"}
+
+
+def _report_rows():
+    din = {0: 0.70, 1: 0.71, 2: 0.69}
+    deepfm = {0: 0.72, 1: 0.74, 2: 0.715}
+    widedeep = {0: 0.705, 1: 0.70, 2: 0.70}
+    floor = {0: 0.55, 1: 0.55, 2: 0.55}
+    by_exp = {("one_epoch", "T2", n): _records(v) for n, v in
+              (("DIN", din), ("DeepFM", deepfm), ("WideDeep", widedeep), ("Floor: popularity", floor))}
+    return summarize(by_exp, T2, ["one_epoch"], [0, 1, 2]), din, deepfm, widedeep
+
+
+def test_results_md_shows_differences_intervals_holm_and_tuning(tmp_path):
+    rows, din, deepfm, widedeep = _report_rows()
+    tuning = {("T2", "DeepFM"): TUNING_INFO, ("T2", "Floor: popularity"): None, ("T2", "WideDeep"): None}
+    path = tmp_path / "results.md"
+    write_markdown(path, rows, "cmd", ENV, "synthetic_music", [0, 1, 2], [], tuning=tuning)
+    md = path.read_text()
+    p_deepfm = stats.ttest_rel(list(deepfm.values()), list(din.values())).pvalue
+    p_widedeep = stats.ttest_rel(list(widedeep.values()), list(din.values())).pvalue
+    p_holm = holm([p_deepfm, p_widedeep])  # family: 2 models x auc; the floor is not in it
+    diff, low, high = paired_difference(list(deepfm.values()), list(din.values()))
+    assert f"| DeepFM | 3 | {np.mean(list(deepfm.values())):.4f} ± {np.std(list(deepfm.values()), ddof=1):.4f} |" in md
+    assert (f"| DeepFM | auc | 3 | Δ {diff:+.4f} [{low:.4f}, {high:.4f}] | p={p_deepfm:.3g} "
+            f"| p_Holm={p_holm[0]:.3g} |") in md
+    assert "| WideDeep | auc | 3 | Δ " in md and f"p_Holm={p_holm[1]:.3g}" in md
+    f_diff, f_low, f_high = paired_difference([0.55] * 3, list(din.values()))
+    assert (f"| Floor: popularity | auc | 3 | Δ {f_diff:+.4f} [{f_low:.4f}, {f_high:.4f}] | p=– | p_Holm=– "
+            "| reference (not tested) |") in md
+    assert "m = 2 comparisons" in md and "floors excluded: Floor: popularity" in md
+    # the header states the method and the family, and that verdicts use the adjusted p
+    for text in ("Seeds: [0, 1, 2]", "95% confidence interval", "paired t", "Holm", "floors are reference rows",
+                 "p_Holm < 0.05"):
+        assert text in md, text
+    # tuning: budget, space, chosen values, best validation score, frozen file; untuned rows say so
+    tuning_md = md[md.index("## Tuning"):]
+    assert ("| T2 | DeepFM | 20 (4 pruned) | `learning_rate`: loguniform(1e-4, 1e-2); `dropout_prob`: "
+            "choice(0.0, 0.2) (space hash `5f3a9c`) | `learning_rate` = 0.0012; `dropout_prob` = 0.2 "
+            "| auc 0.7123 | `tuned/T2/DeepFM.yaml` |") in tuning_md
+    assert "| T2 | Floor: popularity | not tuned (training-free) |" in tuning_md
+    assert "| T2 | WideDeep | not tuned |" in tuning_md
+    assert "| T2 | DIN | not tuned |" in tuning_md  # in the report but not in the dict: listed, not dropped
+
+
+def test_results_md_has_no_tuning_section_unless_given_and_reads_it_from_rows(tmp_path):
+    rows, *_ = _report_rows()
+    write_markdown(tmp_path / "a.md", rows, "cmd", ENV, "d", [0, 1, 2], [])
+    assert "## Tuning" not in (tmp_path / "a.md").read_text()
+    for r in rows:
+        r["tuning"] = TUNING_INFO if r["name"] == "DeepFM" else None
+    write_markdown(tmp_path / "b.md", rows, "cmd", ENV, "d", [0, 1, 2], [])
+    md = (tmp_path / "b.md").read_text()
+    assert "| T2 | DeepFM | 20 (4 pruned) |" in md and "| T2 | DIN | not tuned |" in md
+
+
+def test_results_tex_marks_holm_significant_cells_only(tmp_path):
+    rows, *_ = _report_rows()
+    deepfm = next(r for r in rows if r["name"] == "DeepFM")
+    widedeep = next(r for r in rows if r["name"] == "WideDeep")
+    deepfm["metrics"]["auc"] = deepfm["metrics"]["auc"]._replace(p=0.001, p_holm=0.04)
+    widedeep["metrics"]["auc"] = widedeep["metrics"]["auc"]._replace(p=0.01, p_holm=0.06)  # raw p < 0.05 only
+    write_latex(tmp_path / "results.tex", rows)
+    lines = (tmp_path / "results.tex").read_text().splitlines()
+    assert next(line for line in lines if line.startswith("DeepFM &")).endswith("$^{\\dagger}$ \\\\")
+    assert "dagger" not in next(line for line in lines if line.startswith("WideDeep &"))
+    assert "dagger" not in next(line for line in lines if line.startswith("DIN &"))
+    assert any("p_Holm < 0.05" in line for line in lines)
+
+
+def test_metric_stats_fields():
+    assert MetricStats._fields == ("mean", "std", "diff", "ci_low", "ci_high", "p", "p_holm", "n_paired")
+    base = MetricStats(0.7, 0.01)
+    assert np.isnan(base.diff) and np.isnan(base.p_holm) and base.n_paired == 0

@@ -1,0 +1,211 @@
+"""Validation-only tuning (recbole_psrq.tune): search-space files, the trial that never touches the test
+split, pruning, seeded studies that resume and freeze a configuration that reproduces its trial."""
+import json
+import math
+import os
+
+import pytest
+import yaml
+
+from recbole_psrq.benchmark.executor import LocalExecutor
+from recbole_psrq.errors import ConfigError
+from recbole_psrq.tune import space as space_mod
+from recbole_psrq.tune.space import Space, apply_values, parse_entry, read_space
+from tests.conftest import one_epoch
+
+
+def test_project_space_files_parse_every_kind(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("learning_rate: loguniform(1e-4, 1e-2)\ndropout_prob: uniform(0.0, 0.3)\n"
+                    "n_layers: int(1, 3)\nreg: quniform(0, 1, 0.25)\nmlp_hidden_size: choice([[256, 128], [64]])\n"
+                    "sid_quantizer_options.prefix_weight: choice([0.5, auto])\n")
+    space = read_space(str(path))
+    assert space.describe() == {"learning_rate": "loguniform(0.0001, 0.01)", "dropout_prob": "uniform(0, 0.3)",
+                                "n_layers": "int(1, 3)", "reg": "quniform(0, 1, 0.25)",
+                                "mlp_hidden_size": "choice([[256, 128], [64]])",
+                                "sid_quantizer_options.prefix_weight": 'choice([0.5, "auto"])'}
+    dist = space.distributions()
+    assert dist["learning_rate"].log and dist["learning_rate"].low == 1e-4
+    assert not dist["dropout_prob"].log and dist["reg"].step == 0.25
+    # a list choice goes to Optuna as text and comes back as the list
+    assert space.values({**{k: None for k in space.params}, "mlp_hidden_size": "[64]", "learning_rate": 0.001,
+                         "dropout_prob": 0.1, "n_layers": 2, "reg": 0.5,
+                         "sid_quantizer_options.prefix_weight": '"auto"'})["mlp_hidden_size"] == [64]
+
+
+def test_recbole_hyper_files_keep_recboles_meaning(tmp_path):
+    path = tmp_path / "model.hyper"
+    path.write_text("# RecBole's run_hyper.py format\nlearning_rate loguniform -8,0\n"
+                    "embedding_size choice [64,96]\nreg_weight quniform 0,1,0.1\n")
+    space = read_space(str(path))
+    lr = space.params["learning_rate"]
+    assert lr.kind == "loguniform" and math.isclose(lr.low, math.exp(-8)) and lr.high == 1.0
+    assert space.params["embedding_size"].values == [64, 96]
+    assert space.params["reg_weight"].step == 0.1
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("learning_rate: loguniform(0, 1e-2)", "bounds > 0"),
+    ("learning_rate: uniform(0.5, 0.1)", "lower bound must be below"),
+    ("n: int(1.5, 3)", "whole numbers"),
+    ("n: choice([])", "non-empty list"),
+    ("n: normal(0, 1)", "is not a distribution"),
+    ("n: uniform(a, 1)", "'a' is not a number"),
+])
+def test_bad_space_entries_name_the_file_and_key(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as error:
+        read_space(str(path))
+    assert needle in str(error.value) and str(path) in str(error.value)
+    assert f"key '{text.split(':')[0]}'" in str(error.value)
+
+
+def test_keys_an_experiment_fixes_leave_the_space():
+    space = Space([parse_entry("sid_levels", "choice([2, 3])", "x"), parse_entry("learning_rate",
+                  "loguniform(1e-4, 1e-2)", "x"), parse_entry("sid_quantizer_options.prefix_weight",
+                                                              "choice([1.0, auto])", "x")])
+    assert list(space.without({"sid_levels": 1, "seed": 0}).params) == ["learning_rate",
+                                                                        "sid_quantizer_options.prefix_weight"]
+    # fixing the whole dict setting fixes the keys inside it
+    assert list(space.without({"sid_quantizer_options": "{}"}).params) == ["sid_levels", "learning_rate"]
+    assert space.without({"sid_levels": 1}).hash() != space.hash()
+
+
+def test_dotted_keys_update_the_dict_setting_and_keep_its_other_entries():
+    overrides = apply_values({"sid_quantizer_options.prefix_weight": "auto", "learning_rate": 0.01},
+                             {"sid_quantizer_options": {"niter": 30}})
+    assert overrides == {"sid_quantizer_options": {"niter": 30, "prefix_weight": "auto"}, "learning_rate": 0.01}
+
+
+def test_the_default_spaces_add_sid_settings_only_with_sids_and_prefix_weight_only_for_psrq():
+    plain = space_mod.default_space("DIN", uses_sids=False, quantizer="psrq")
+    assert "learning_rate" in plain.params and not any(k.startswith("sid_") for k in plain.params)
+    with_psrq = space_mod.default_space("MCCA", uses_sids=True, quantizer="psrq")
+    assert {"sid_codebook_size", "sid_levels", "sid_quantizer_options.prefix_weight"} <= set(with_psrq.params)
+    with_pq = space_mod.default_space("DIN", uses_sids=True, quantizer="pq")
+    assert "sid_codebook_size" in with_pq.params and "sid_quantizer_options.prefix_weight" not in with_pq.params
+    # a model without a file of its own gets the default space
+    assert set(space_mod.default_space("FM", False, "psrq").params) == {"learning_rate", "weight_decay"}
+
+
+def test_the_median_pruner_stops_a_clearly_worse_trial_only_after_the_warm_up():
+    from recbole_psrq.tune.trial import pruning_rule
+
+    history = [{"curve": [[0, 0.70], [1, 0.72], [2, 0.73], [3, 0.74]], "value": 0.74},
+               {"curve": [[0, 0.69], [1, 0.71], [2, 0.72], [3, 0.73]], "value": 0.73}]
+    spec = {"direction": "maximize", "history": history,
+            "pruner": {"n_startup_trials": 2, "n_warmup_steps": 2}}
+    stop = pruning_rule(spec)
+    assert [stop(e, 0.55) for e in range(4)] == [False, False, True, True]  # warm-up: epochs 0 and 1
+    good = pruning_rule(spec)
+    assert not any(good(e, s) for e, s in [(0, 0.71), (1, 0.73), (2, 0.74), (3, 0.75)])
+    # minimising: a high LogLoss is the bad one
+    low = pruning_rule({**spec, "direction": "minimize",
+                        "history": [{"curve": [[e, 0.5] for e in range(4)], "value": 0.5}] * 2})
+    assert [low(e, 0.9) for e in range(4)] == [False, False, True, True]
+    assert pruning_rule({**spec, "history": []}) is None  # nothing finished yet: nothing to compare with
+
+
+@pytest.mark.slow
+def test_a_trial_never_builds_the_test_dataloader_nor_reports_test_metrics(workdir, tiny_data_path,
+                                                                           monkeypatch):
+    from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
+    from recbole.data.dataset import Dataset
+    from recbole.trainer import Trainer
+
+    from recbole_psrq.tune.trial import train_and_validate
+
+    splits, wrapped, evaluated = [], [], []
+    build, init, evaluate = Dataset.build, AbstractDataLoader.__init__, Trainer.evaluate
+
+    def spy_build(self):
+        built = build(self)
+        splits.append(built)
+        return built
+
+    def spy_init(self, config, dataset, *args, **kwargs):
+        wrapped.append(dataset)
+        return init(self, config, dataset, *args, **kwargs)
+
+    def spy_evaluate(self, eval_data, *args, **kwargs):
+        evaluated.append(eval_data._dataset)
+        return evaluate(self, eval_data, *args, **kwargs)
+
+    monkeypatch.setattr(Dataset, "build", spy_build)
+    monkeypatch.setattr(AbstractDataLoader, "__init__", spy_init)
+    monkeypatch.setattr(Trainer, "evaluate", spy_evaluate)
+    record = train_and_validate("DIN", overrides=one_epoch(tiny_data_path, epochs=2))
+    (train, valid, test), = splits
+    assert len(test) > 0 and evaluated and all(d is valid for d in evaluated)
+    assert not any(d is test for d in wrapped)  # the test rows are never put in a dataloader
+    assert any(d is train for d in wrapped) and any(d is valid for d in wrapped)
+    assert record["state"] == "complete" and [e for e, _ in record["valid_curve"]] == [0, 1]
+    assert "test_result" not in record and record["best_valid_score"] == max(s for _, s in record["valid_curve"])
+    assert record["best_valid_result"]["auc"] == record["best_valid_score"]
+
+
+class CountingExecutor(LocalExecutor):
+    def __init__(self):
+        super().__init__(1)
+        self.ran = []
+
+    def map(self, tasks):
+        self.ran += [t.key for t in tasks]
+        return super().map(tasks)
+
+
+@pytest.mark.slow
+def test_a_study_freezes_a_configuration_that_reproduces_its_trials_validation_score(workdir, tiny_data_path):
+    from recbole_psrq.tune.study import make_job, read_frozen, tune
+    from recbole_psrq.tune.trial import train_and_validate
+
+    overrides = {**one_epoch(tiny_data_path, epochs=2, eval_step=1), "sid_cache_dir": str(workdir / "sid")}
+    job = make_job("DIN", "DIN", "synthetic_music", 3, str(workdir / "tuning"), overrides, seed=3)
+    executor = CountingExecutor()
+    frozen = tune([job], executor)["DIN"]
+    assert len(executor.ran) == 3
+    records = [json.load(open(os.path.join(job.folder, "trials", f"trial{n:03d}.json"))) for n in range(3)]
+    assert all("test_result" not in r and r["state"] == "complete" for r in records)
+    assert len({json.dumps(r["params"], sort_keys=True) for r in records}) == 3  # the sampler explores
+    info = read_frozen(frozen)
+    best = max(records, key=lambda r: (r["best_valid_score"], -r["number"]))
+    assert info["best_trial"] == best["number"] and info["best_valid"]["score"] == best["best_valid_score"]
+    assert info["trials"] == 3 and info["space_hash"] == job.space.hash()
+    with open(frozen) as f:
+        settings = yaml.safe_load(f)
+    assert {k: settings[k] for k in best["params"]} == best["params"]
+
+    # the frozen yaml, read as a config file with the study's fixed settings, gives the same validation
+    again = train_and_validate("DIN", config_files=[frozen], overrides=job.overrides)
+    assert again["valid_curve"] == best["valid_curve"]
+    assert again["best_valid_score"] == best["best_valid_score"]
+
+    # resuming replays the records (no trial reruns) and freezes the same configuration
+    frozen_text = open(frozen).read()
+    os.remove(os.path.join(job.folder, "trials", "trial002.json"))
+    rerun = CountingExecutor()
+    tune([make_job("DIN", "DIN", "synthetic_music", 3, str(workdir / "tuning"), overrides, seed=3)], rerun)
+    assert rerun.ran == ["DIN trial 2"]
+    assert json.load(open(os.path.join(job.folder, "trials", "trial002.json")))["params"] == records[2]["params"]
+    assert open(frozen).read() == frozen_text
+
+    # a record that no longer matches what the seeded sampler proposes is refused, not mixed in
+    path = os.path.join(job.folder, "trials", "trial000.json")
+    tampered = {**records[0], "params": {**records[0]["params"], "weight_decay": 0.5}}
+    json.dump(tampered, open(path, "w"))
+    with pytest.raises(ConfigError, match="proposes"):
+        tune([make_job("DIN", "DIN", "synthetic_music", 3, str(workdir / "tuning"), overrides, seed=3)],
+             CountingExecutor())
+
+
+def test_an_empty_space_and_a_zero_budget_are_refused(tmp_path):
+    from recbole_psrq.tune.study import make_job
+
+    space = tmp_path / "lr.yaml"
+    space.write_text("learning_rate: loguniform(1e-4, 1e-2)\n")
+    with pytest.raises(ConfigError, match="empty"):
+        make_job("DIN", "DIN", "synthetic_music", 2, str(tmp_path), {"learning_rate": 0.001},
+                 space_file=str(space))
+    with pytest.raises(ConfigError, match="at least 1"):
+        make_job("DIN", "DIN", "synthetic_music", 0, str(tmp_path), {})
