@@ -209,3 +209,70 @@ def test_an_empty_space_and_a_zero_budget_are_refused(tmp_path):
                  space_file=str(space))
     with pytest.raises(ConfigError, match="at least 1"):
         make_job("DIN", "DIN", "synthetic_music", 0, str(tmp_path), {})
+
+
+class ScriptedExecutor:
+    """Runs no training: each trial's validation curve is a function of its values, and outcomes come
+    back in reverse order (as a pool or a cluster may return them)."""
+
+    def __init__(self, score):
+        self.score, self.specs = score, []
+
+    def map(self, tasks):
+        outcomes = []
+        for task in tasks:
+            spec = json.loads(task.argv[task.argv.index("--spec") + 1])
+            self.specs.append(spec)
+            value = self.score(spec["overrides"])
+            curve = [[0, value - 0.01], [1, value]]
+            outcomes.append((task, {"ok": True, "wall": 0.0, "tail": "", "returncode": 0, "result": {
+                "state": "complete", "valid_curve": curve, "best_valid_score": value,
+                "best_valid_result": {"auc": value}, "valid_metric": "auc", "log_file": None}}))
+        return reversed(outcomes)
+
+
+def _job(root, trials, space_text, name="DIN", batch=2):
+    from recbole_psrq.tune.study import make_job
+
+    os.makedirs(root, exist_ok=True)
+    space = os.path.join(root, "space.yaml")
+    with open(space, "w") as f:
+        f.write(space_text)
+    return make_job(name, "DIN", "synthetic_music", trials, os.path.join(root, "tuning"), {"epochs": 2},
+                    seed=0, batch=batch, space_file=space)
+
+
+def test_a_finite_space_within_the_budget_is_searched_exhaustively(tmp_path):
+    from recbole_psrq.tune.study import read_frozen, tune
+
+    executor = ScriptedExecutor(lambda o: 0.6 + o["learning_rate"] + (0.05 if o["dropout_prob"] == 0.1 else 0))
+    job = _job(str(tmp_path), 8, "learning_rate: choice([0.001, 0.003])\ndropout_prob: choice([0.0, 0.1])\n")
+    frozen = tune([job], executor, log=lambda m: None)["DIN"]
+    tried = sorted((s["overrides"]["learning_rate"], s["overrides"]["dropout_prob"]) for s in executor.specs)
+    assert tried == [(0.001, 0.0), (0.001, 0.1), (0.003, 0.0), (0.003, 0.1)]  # each once, budget 4 not 8
+    info = read_frozen(frozen)
+    assert info["chosen"] == {"learning_rate": 0.003, "dropout_prob": 0.1} and info["trials"] == 4
+    assert info["sampler"].startswith("grid")
+
+
+def test_sampled_values_do_not_depend_on_the_order_trials_finish_in(tmp_path):
+    from recbole_psrq.tune.study import tune
+
+    space = "learning_rate: loguniform(1e-4, 1e-2)\ndropout_prob: uniform(0.0, 0.3)\n"
+
+    def values(root, reverse):
+        executor = ScriptedExecutor(lambda o: 0.7 - abs(o["learning_rate"] - 0.003) - o["dropout_prob"] / 10)
+        if not reverse:
+            executor.map = lambda tasks, m=executor.map: reversed(list(m(tasks)))
+        job = _job(root, 6, space)
+        tune([job], executor, log=lambda m: None)
+        return [json.load(open(os.path.join(job.folder, "trials", f"trial{n:03d}.json")))["params"]
+                for n in range(6)]
+
+    first = values(str(tmp_path / "a"), reverse=True)
+    assert first == values(str(tmp_path / "b"), reverse=False)
+    assert len({p["learning_rate"] for p in first}) == 6
+    # the pruner history a trial gets holds only trials finished in earlier rounds
+    executor = ScriptedExecutor(lambda o: 0.6)
+    tune([_job(str(tmp_path / "c"), 6, space)], executor, log=lambda m: None)
+    assert [len(s["history"]) for s in executor.specs] == [0, 0, 2, 2, 4, 4]

@@ -90,6 +90,16 @@ class Space:
         text = json.dumps(self.to_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
+    def grid(self):
+        """Every combination of a space of choices only, as Optuna params (None when a range is in it)."""
+        import itertools
+
+        if not self.params or any(p.kind != "choice" for p in self.params.values()):
+            return None
+        keys = list(self.params)
+        options = [[json.dumps(v) for v in self.params[k].values] for k in keys]
+        return [dict(zip(keys, combination)) for combination in itertools.product(*options)]
+
     def distributions(self):
         return {k: p.distribution() for k, p in self.params.items()}
 

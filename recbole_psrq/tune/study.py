@@ -63,9 +63,18 @@ class _Study:
         self.distributions = job.space.distributions()
         self.records = {}
         self.asked = 0
+        # a finite space no larger than the budget is searched exhaustively: every combination once
+        self.grid = job.space.grid()
+        self.budget = job.trials
+        if self.grid is not None and len(self.grid) <= job.trials:
+            for combination in self.grid:
+                self.study.enqueue_trial(combination)
+            self.budget = len(self.grid)
+        else:
+            self.grid = None
 
     def remaining(self):
-        return self.job.trials - self.asked
+        return self.budget - self.asked
 
     def trial_path(self, number):
         return os.path.join(self.job.folder, "trials", f"trial{number:03d}.json")
@@ -204,15 +213,16 @@ def freeze(st):
         "experiment": job.name, "model": job.model, "dataset": job.dataset,
         "chosen": best["params"], "best_trial": best["number"],
         "best_valid": {"metric": best["valid_metric"], "score": best["best_valid_score"]},
-        "trials": job.trials, "pruned": pruned, "failed": failed, "seed": job.seed, "batch": job.batch,
+        "trials": st.budget, "pruned": pruned, "failed": failed, "seed": job.seed, "batch": job.batch,
         "space_hash": job.space.hash(), "space": job.space.describe(),
-        "sampler": "optuna TPESampler(seed, n_startup_trials=min(4, trials // 2)); "
-                   f"MedianPruner({PRUNER['n_startup_trials']} finished trials, {PRUNER['n_warmup_steps']} "
+        "sampler": (f"grid: all {len(st.grid)} combinations of the finite space" if st.grid else
+                    "optuna TPESampler(seed, n_startup_trials=min(4, trials // 2))")
+                   + f"; MedianPruner({PRUNER['n_startup_trials']} finished trials, {PRUNER['n_warmup_steps']} "
                    "warm-up epochs), on validation only",
         "fixed": {k: str(v) for k, v in job.overrides.items() if k not in _WHERE_KEYS}}}
     path = os.path.join(job.folder, FROZEN_NAME)
     with atomic_open(path, "w") as f:
-        f.write(f"# Frozen by the tuner: trial {best['number']} of {job.trials} for {job.name} "
+        f.write(f"# Frozen by the tuner: trial {best['number']} of {st.budget} for {job.name} "
                 f"(validation only). Use with --config_files.\n")
         yaml.safe_dump(_plain_yaml(frozen), f, sort_keys=False)
     return path
