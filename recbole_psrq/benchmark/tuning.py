@@ -27,6 +27,7 @@ def tune_suite(suite, budgets, dataset, out, extra, only, trials, executor, log,
     """Tune (or, with ``report_only``, only read the frozen results of) every trainable experiment.
     Returns ``tuned`` ({(budget, run key): frozen yaml}) and ``info`` ({(table, name): report entry or
     None}, for results.md's Tuning section)."""
+    from recbole_psrq.tune.space import HYPER_DIR
     from recbole_psrq.tune.study import make_job, tune
 
     jobs, owners, info = [], {}, {}
@@ -43,9 +44,10 @@ def tune_suite(suite, budgets, dataset, out, extra, only, trials, executor, log,
                 continue
             overrides = {"torch_threads": 1, "sid_cache_dir": os.path.join(out, "runs", "sid_cache"),
                          **BUDGETS[budget], "eval_step": 1, **extra, **experiment.overrides}
+            space = experiment.space and os.path.join(HYPER_DIR, experiment.space)
             jobs.append((key, make_job(f"{budget}/{experiment.name}", experiment.model, dataset, trials,
                                        os.path.join(out, "runs", "tuning", budget), overrides, (), seed,
-                                       batch)))
+                                       batch, space)))
     if jobs:
         studies = [job for _, job in jobs]
         log(f"tuning {len(studies)} experiment(s), {trials} trials each (seed {seed}, {batch} per round)")
