@@ -238,39 +238,80 @@ def _init_logger(config, run_id):
     return None
 
 
-def run(model, dataset=None, config_files=(), overrides=None, saved=True):
+def run(model, dataset=None, config_files=(), overrides=None, saved=True, distributed=None):
     """Train ``model`` on ``dataset``, select on validation, evaluate on test.
 
     Returns a dict with ``test_result``, ``best_valid_result``, ``best_valid_score``, ``checkpoint``,
     ``log_file``, ``run_id``, ``seeds``, ``protocol_checks`` (the test rows' count and digest and the
     protocol checks, see data/dataset.py) and ``result_file`` (the JSON written next to the log).
+
+    ``distributed``: None (one process) or, inside one process of a DDP group started by
+    :func:`recbole_psrq.distributed.launch`, ``{nproc, world_size, ip, port, group_offset, local_rank}``
+    (see recbole_psrq/distributed.py). Then only rank 0 logs to a file and writes the checkpoint and the
+    JSON; the test metrics are computed once, on rank 0, over every test row.
     """
     from recbole.data import data_preparation
     from recbole.utils import get_trainer, init_seed
 
     config = build_config(model, dataset, config_files, overrides)
     _set_threads(config)
+    ddp = None
+    if distributed is not None:
+        from recbole_psrq.distributed import Context
+
+        ddp = Context(distributed).setup(config)
+    try:
+        return _run(config, saved, ddp, data_preparation, get_trainer, init_seed)
+    finally:
+        if ddp is not None:
+            ddp.teardown()
+
+
+def _run(config, saved, ddp, data_preparation, get_trainer, init_seed):
+    main = ddp is None or ddp.is_main
     init_seed(config["seed"], config["reproducibility"])
-    run_id = new_run_id()
-    log_file = _init_logger(config, run_id)
+    run_id = new_run_id() if ddp is None else ddp.broadcast(new_run_id())
+    if main:
+        log_file = _init_logger(config, run_id)
+    else:
+        log_file = None
+        ddp.quiet_logging()
     logger = getLogger()
     logger.info(config)
 
-    data = create_dataset(config)
+    data = create_dataset(config) if ddp is None else ddp.build_dataset(lambda: create_dataset(config))
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
     _require_protocol_report(config, data)
+    if ddp is not None and hasattr(getattr(train_data, "sampler", None), "seed"):
+        train_data.sampler.seed = int(config["seed"])  # RecBole leaves its DistributedSampler at seed 0
 
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    # as RecBole, a seed per process (the global rank: processes of different machines differ too)
+    init_seed(config["seed"] + (ddp.rank if ddp is not None else config["local_rank"]),
+              config["reproducibility"])
     model_obj = resolve_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model_obj)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    if ddp is None:
+        trainer = trainer_class(config, model_obj)
+    else:
+        from recbole_psrq.distributed import distributed_trainer
+
+        trainer = distributed_trainer(trainer_class, config, model_obj, ddp)
     # RecBole names it <model>-<time to the second>.pth: runs started together would share it
     trainer.saved_model_file = os.path.join(config["checkpoint_dir"], f"{config['model']}-{run_id}.pth")
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
-    if saved and not os.path.isfile(trainer.saved_model_file):
+    saved_ok = not saved or (os.path.isfile(trainer.saved_model_file) if main else None)
+    in_sync = None
+    if ddp is not None:
+        in_sync = ddp.weights_in_sync(trainer.model)
+        if not in_sync:
+            logger.warning("DDP: the ranks' weights differ after training (the gradients were not averaged "
+                           "exactly); the checkpoint and the test metrics are rank 0's.")
+        saved_ok = ddp.all_ok(saved_ok)  # rank 0 holds the checkpoint; every rank stops together
+    if not saved_ok:
         # RecBole saves only on an improved validation score; a NaN score (e.g. AUC on a valid split that
         # holds one label only) never improves, and its evaluate() would fail deep inside torch.load
         raise ConfigError(
@@ -296,6 +337,11 @@ def run(model, dataset=None, config_files=(), overrides=None, saved=True):
         "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,
         "log_file": log_file,
     }
+    if ddp is not None:
+        result["distributed"] = {"world_size": ddp.world_size, "backend": ddp.backend,
+                                 "weights_in_sync": in_sync}
+        if not main:
+            return result
     result["result_file"] = _write_result(result, log_file)
     logger.info(f"test result: {result['test_result']}")
     return result
@@ -331,11 +377,13 @@ def evaluate_checkpoint(checkpoint_path, overrides=None):
                           "the checkpoint_dir of the run (default saved/).")
     import recbole_psrq.model  # noqa: F401  (NumPy aliases, anomaly detection off, our models)
 
+    from recbole_psrq.distributed import single_process_config, strip_module_prefix
+
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    config = checkpoint["config"]
+    config = single_process_config(checkpoint["config"])  # a DDP run's checkpoint: one process here
     config["sid_fit"] = False  # evaluation reuses the cached SIDs of training, never refits
     for key, value in (overrides or {}).items():
-        config[key] = value
+        config[key] = _override_value(value)
     init_seed(config["seed"], config["reproducibility"])
     _init_logger(config, new_run_id())
     data = create_dataset(config)
@@ -343,10 +391,23 @@ def evaluate_checkpoint(checkpoint_path, overrides=None):
     _require_protocol_report(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model_obj = resolve_model(config["model"])(config, test_data._dataset).to(config["device"])
-    model_obj.load_state_dict(checkpoint["state_dict"])
+    model_obj.load_state_dict(strip_module_prefix(checkpoint["state_dict"]))
     model_obj.load_other_parameter(checkpoint.get("other_parameter"))
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
     return _plain(trainer.evaluate(test_data, load_best_model=False, show_progress=False))
+
+
+def _override_value(value):
+    """A command-line override's text as the value it writes (4096 -> int, "['a']" -> list), as RecBole's
+    Config reads --key=value; text that is no Python literal stays a string (e.g. a model name)."""
+    import ast
+
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
 
 
 def _plain(value):

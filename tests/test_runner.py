@@ -102,6 +102,9 @@ def test_checkpoint_reloads_in_a_fresh_process_with_same_metrics(tiny_data_path,
     last = proc.stdout.strip().splitlines()[-1]
     expected = "test result: " + quick_start.format_metrics(result["test_result"])
     assert last == expected
+    # command-line overrides are read as values, like RecBole's --key=value (a batch size is a number)
+    again = quick_start.evaluate_checkpoint(result["checkpoint"], {"eval_batch_size": "97"})
+    assert same_metrics(again, result["test_result"])
 
 
 @pytest.mark.slow
