@@ -231,6 +231,7 @@ def _cache_key(ids, x, modality, settings, quantizer_file):
 def _cached_codes(ids, x, modality, settings, quantizer_file, cache_dir, dataset_name, labels,
                   allow_fit):
     from recbole_psrq.quantization import build_quantizer, load_quantizer, sid_quality_report
+    from recbole_psrq.quantization.kmeans import kmeans_gpus
 
     field = sid_field(modality)
     key = _cache_key(ids, x, modality, settings, quantizer_file)
@@ -282,6 +283,7 @@ def _cached_codes(ids, x, modality, settings, quantizer_file, cache_dir, dataset
     item_labels = np.array([labels.get(i) for i in ids], dtype=object) if labels else None
     report = sid_quality_report(x, codes, labels=item_labels, quantizer=quantizer, name=field)
     report["fit_seconds"] = fit_seconds
+    report["kmeans_device"] = "gpu" if kmeans_gpus() else "cpu"  # GPU centroids differ in the last bits
     logger.info(f"{field}: {action} in {fit_seconds:.1f}s; quality report: "
                 f"{json.dumps(_rounded(report))}")
     for warning in report["warnings"]:

@@ -9,9 +9,24 @@ suite checks.
 ``niter`` is a maximum: faiss stops as soon as an iteration no longer lowers the objective. That
 is a fixed point of Lloyd's algorithm, so the centroids equal those of running all ``niter``
 iterations (checked: bit-identical), but run time depends on how fast the data converges.
+
+When faiss sees a GPU (a faiss-gpu build and a visible device), k-means trains there: the same call and
+outputs, but the centroids are not bit-identical to the CPU's (other float summation order), so the SID
+cache records the device (``kmeans_device`` in the quantizer report). ``RECBOLE_PSRQ_FAISS_GPU=0`` keeps
+k-means on the CPU.
 """
+import os
+
 import faiss
 import numpy as np
+
+
+def kmeans_gpus():
+    """How many GPUs faiss k-means uses here: 0 with faiss-cpu, without a device, or when
+    ``RECBOLE_PSRQ_FAISS_GPU=0``."""
+    if os.environ.get("RECBOLE_PSRQ_FAISS_GPU", "1") == "0" or not hasattr(faiss, "get_num_gpus"):
+        return 0
+    return int(faiss.get_num_gpus())
 
 
 def train_kmeans(points, k, niter, seed, nredo=1):
@@ -28,6 +43,7 @@ def train_kmeans(points, k, niter, seed, nredo=1):
         max_points_per_centroid=-(-n // int(k)),  # = ceil(n / k): never subsample inside faiss
         min_points_per_centroid=1,  # the caller already enforces n >= k; skip faiss's warning
         verbose=False,
+        gpu=kmeans_gpus() or False,
     )
     kmeans.train(points)
     return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
