@@ -109,7 +109,7 @@ def run_worker(args):
                                                args.niter, args.threads)
     else:
         options = {"niter": args.niter, "threads": args.threads}
-        if args.worker == "rq_vae":
+        if args.worker == "rq_vae" and args.rq_vae_epochs:
             options["epochs"] = args.rq_vae_epochs
         levels = {"vq": 1, "pq": 4, "opq": 4}.get(args.worker, args.levels)
         quantizer = build_quantizer(args.worker, n_levels=levels, codebook_size=args.codebook_size,
@@ -153,7 +153,7 @@ def measure(args, name, codes_dir=None):
                "--items", str(args.items), "--dim", str(args.dim),
                "--codebook-size", str(args.codebook_size), "--levels", str(args.levels),
                "--seed", str(args.seed), "--niter", str(args.niter), "--threads", str(args.threads),
-               "--rq-vae-epochs", str(args.rq_vae_epochs)]
+               "--rq-vae-epochs", str(args.rq_vae_epochs or 0)]
     if codes_dir:
         command += ["--codes-dir", codes_dir]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # worker stderr: progress
@@ -211,7 +211,8 @@ def main():
     parser.add_argument("--niter", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rq-vae-epochs", type=int, default=20)
+    parser.add_argument("--rq-vae-epochs", type=int, default=0,
+                        help="RQ-VAE's maximum epochs (0: its default; it stops when reconstruction stops falling)")
     parser.add_argument("--only", help=f"comma-separated subset of {QUANTIZER_RUNS}")
     parser.add_argument("--repeats", type=int, default=1,
                         help="measure each quantizer this often (interleaved) and keep the fastest")

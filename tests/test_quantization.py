@@ -550,3 +550,108 @@ def test_kmeans_helpers_take_any_float_input_use_every_point_and_stay_quiet(capf
     assert not np.allclose(train_kmeans(uniform, 2, niter=1, seed=0), train_kmeans(uniform, 2, niter=20, seed=0))
     train_kmeans(points[:3], 2, niter=20, seed=0)  # fewer points than faiss likes per centroid: allowed
     assert capfd.readouterr() == ("", "")  # faiss's progress printing and its small-data warning stay off
+
+
+# ---------------------------------------------------------------- RQ-VAE as a fair baseline (issue 16)
+
+def _collapsed_init(self, rows):
+    """Every codeword of every level at the same point: nearest-codeword ties all go to code 0, the
+    other codes never get a gradient, so without revival they stay dead for the whole fit."""
+    return np.zeros((self.n_levels, self.codebook_size, self.options["latent_dim"]), np.float32)
+
+
+def test_rq_vae_revives_dead_codes_of_a_collapsed_codebook(data, monkeypatch):
+    from recbole_psrq.quantization.rq_vae import RQVAEQuantizer
+
+    X, _ = data
+    monkeypatch.setattr(RQVAEQuantizer, "_init_codebooks", _collapsed_init)
+    plain = make("rq_vae", epochs=5, revive_dead_codes=False).fit(X)
+    revived = make("rq_vae", epochs=5).fit(X)
+    assert plain.codebook_usage["used_share"] == [1 / K] * 3  # only code 0, at every level
+    assert plain.training_summary["revived_codes"] == [0, 0, 0]
+    # 5 data clusters: at least 4 of the 8 codes stay in use at every level (the plain run: 1)
+    assert all(share >= 0.5 for share in revived.codebook_usage["used_share"]), \
+        revived.codebook_usage
+    assert all(p > 3 for p in revived.codebook_usage["perplexity"]), revived.codebook_usage
+    assert all(n >= K - 1 for n in revived.training_summary["revived_codes"])
+    assert revived.training_summary["recon_mse"] < plain.training_summary["recon_mse"]
+
+
+def test_rq_vae_same_seed_same_codes_with_revival(data, monkeypatch):
+    from recbole_psrq.quantization.rq_vae import RQVAEQuantizer
+
+    X, _ = data
+    monkeypatch.setattr(RQVAEQuantizer, "_init_codebooks", _collapsed_init)
+    first = make("rq_vae", epochs=4).fit(X)
+    second = make("rq_vae", epochs=4).fit(X)
+    assert sum(first.training_summary["revived_codes"]) > 0  # the revival draws are exercised
+    np.testing.assert_array_equal(second.codebooks, first.codebooks)
+    np.testing.assert_array_equal(second.encode(X), first.encode(X))
+    assert second.codebook_usage == first.codebook_usage
+    assert not np.array_equal(make("rq_vae", epochs=4, seed=1).fit(X).codebooks, first.codebooks)
+
+
+def test_rq_vae_stops_early_on_a_plateau(data):
+    X, _ = data
+    # lr so small that the reconstruction error cannot fall by min_delta (relative) in an epoch
+    quantizer = make("rq_vae", epochs=50, patience=3, lr=1e-9).fit(X)
+    summary = quantizer.training_summary
+    assert summary["epochs_run"] == 4 and summary["max_epochs"] == 50  # epoch 1 + 3 stale ones
+    assert summary["stop_reason"].startswith("no relative improvement")
+    assert len(summary["recon_mse_per_epoch"]) == 4
+    # without a plateau it runs to the maximum
+    full = make("rq_vae", epochs=6, patience=6).fit(X).training_summary
+    assert full["epochs_run"] == 6 and full["stop_reason"] == "reached the maximum of 6 epochs"
+
+
+def test_rq_vae_keeps_the_best_epoch(data):
+    """A learning rate large enough that the error jumps around: the fitted model is the best epoch's,
+    not the last one's, and its report recon MSE is that epoch's."""
+    X, _ = data
+    quantizer = make("rq_vae", epochs=15, patience=15, lr=0.05).fit(X)
+    summary = quantizer.training_summary
+    history = summary["recon_mse_per_epoch"]
+    assert summary["best_epoch"] < summary["epochs_run"] and min(history) < history[-1]
+    assert summary["recon_mse"] == min(history) == history[summary["best_epoch"] - 1]
+    report = sid_quality_report(X, quantizer.encode(X), quantizer=quantizer, knn_sample=10)
+    assert report["recon_mse"] == pytest.approx(min(history), rel=1e-5)
+
+
+def test_rq_vae_usage_and_summary_survive_save_and_load(data, tmp_path):
+    X, _ = data
+    quantizer = make("rq_vae").fit(X)
+    assert set(quantizer.codebook_usage) == {"used_share", "perplexity", "used_codes"}
+    quantizer.save(tmp_path / "q.npz")
+    loaded = load_quantizer(tmp_path / "q.npz")
+    assert loaded.codebook_usage == quantizer.codebook_usage
+    assert loaded.training_summary == quantizer.training_summary
+    # a file without them (written before they existed) still loads, with both None
+    with np.load(tmp_path / "q.npz") as f:
+        old = {key: f[key] for key in f.files if key not in ("codebook_usage", "training_summary")}
+    np.savez(tmp_path / "old.npz", **old)
+    old = load_quantizer(tmp_path / "old.npz")
+    assert old.codebook_usage is None and old.training_summary is None
+    np.testing.assert_array_equal(old.encode(X), quantizer.encode(X))
+
+
+@pytest.mark.parametrize("name", sorted(QUANTIZERS))
+def test_report_has_codebook_usage_per_level_for_every_quantizer(data, name):
+    X, _ = data
+    quantizer = make(name).fit(X)
+    codes = quantizer.encode(X)
+    report = sid_quality_report(X, codes, quantizer=quantizer, knn_sample=10)
+    for level, column in enumerate(codes.T):
+        counts = np.bincount(column, minlength=K)
+        p = counts[counts > 0] / len(column)
+        assert report["utilization"][level] == (counts > 0).sum() / K
+        assert report["perplexity"][level] == pytest.approx(np.exp(-(p * np.log(p)).sum()))
+    if name == "rq_vae":  # the stored fit-data usage is the report's on the fit data
+        assert quantizer.codebook_usage["used_share"] == report["utilization"]
+        assert quantizer.codebook_usage["perplexity"] == pytest.approx(report["perplexity"])
+
+
+@pytest.mark.parametrize("option", [{"patience": 0}, {"min_delta": -0.1}, {"min_delta": 1.0},
+                                    {"min_delta": True}, {"revive_dead_codes": "yes"}])
+def test_rq_vae_rejects_bad_training_options(option):
+    with pytest.raises(ConfigError, match=next(iter(option))):
+        make("rq_vae", **option)

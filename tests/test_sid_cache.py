@@ -86,3 +86,14 @@ def test_a_corrupt_entry_without_refit_is_an_error_naming_the_folder(text, tmp_p
         in message
     assert f"Delete the folder {entry} and rerun the training" in message and "\n" not in message
     assert fits == [] and table.stat().st_size == 100  # neither refit nor removed
+
+
+def test_a_changed_option_default_gives_a_new_cache_entry(monkeypatch):
+    from recbole_psrq.data import sid_fields
+    from recbole_psrq.quantization import QUANTIZERS
+
+    ids, x = ["a", "b"], np.zeros((2, 3), dtype=np.float32)
+    settings = dict(quantizer="rq_vae", n_levels=2, codebook_size=4, seed=0, options={})
+    before = sid_fields._cache_key(ids, x, "text", settings, None)
+    monkeypatch.setitem(QUANTIZERS["rq_vae"].OPTIONS, "epochs", 7)
+    assert sid_fields._cache_key(ids, x, "text", settings, None) != before

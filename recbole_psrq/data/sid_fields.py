@@ -217,8 +217,14 @@ def _l2(x):
 
 
 def _cache_key(ids, x, modality, settings, quantizer_file):
+    from recbole_psrq.quantization import QUANTIZERS
+
+    # the quantizer's option defaults are part of the key: a changed default (e.g. RQ-VAE's epochs) refits
+    quantizer = QUANTIZERS.get(settings["quantizer"])
+    defaults = quantizer.allowed_options() if quantizer else {}
     h = hashlib.sha256()
-    h.update(json.dumps({"modality": modality, **settings}, sort_keys=True).encode())
+    h.update(json.dumps({"modality": modality, **settings, "defaults": defaults}, sort_keys=True,
+                        default=str).encode())
     h.update("\n".join(ids).encode())
     h.update(str(x.shape).encode())
     h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
