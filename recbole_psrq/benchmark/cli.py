@@ -74,9 +74,11 @@ def main(argv=None):
             f.write(line + "\n")
 
     command = "python -m recbole_psrq.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
-    executor = None if args.report_only else make_executor(
-        args.executor, args.jobs, args.ray_address, args.cpus_per_task, args.gpus_per_task)
+    executor = None
     try:
+        if not args.report_only:
+            executor = make_executor(args.executor, args.jobs, args.ray_address, args.cpus_per_task,
+                                     args.gpus_per_task)
         tuned, tuning, untuned = {}, None, []
         if args.tune:
             tuned, tuning = tune_suite(suite, budgets, args.dataset, out, extra, only, args.tune, executor,

@@ -4,9 +4,10 @@ a working folder of its own, which prints ``results written to <file>``; the tas
 JSON. Executors only run tasks and hand their outcomes back to the driver, which alone writes records
 (atomically), so a killed or resumed study never sees a half-written record.
 
-- ``local`` (default): a pool of ``--jobs N`` processes on this machine.
-- ``ray``: every task is a Ray task with declared CPUs (and GPUs when configured), retried when its
-  node dies; see :class:`RayExecutor`.
+- ``local`` (default, :class:`LocalExecutor`): a pool of ``--jobs N`` processes on this machine.
+- ``ray`` (:class:`recbole_psrq.benchmark.ray_executor.RayExecutor`): every task is a Ray task with
+  declared CPUs (and GPUs when configured), retried when its node dies.
+``recbole_psrq.benchmark.runner.make_executor`` builds either from the command-line options.
 """
 import json
 import os
@@ -31,13 +32,24 @@ class Task:
     env: tuple = ()  # extra environment variables, (name, value) pairs
 
 
+def _die_with_parent():
+    """Linux: the run is killed when the process that started it dies (a Ray worker cancelled or lost
+    with its node), instead of finishing orphaned and unrecorded."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def run_task(task):
     """Run one task here and return its outcome: ``{"ok", "result" (the JSON it wrote, or None), "wall",
     "tail" (the end of its output, for failures), "returncode"}``."""
     os.makedirs(task.workdir, exist_ok=True)
     start = time.time()
     proc = subprocess.run([sys.executable, *task.argv], cwd=task.workdir, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": PROJECT_ROOT, **dict(task.env)})
+                          env={**os.environ, "PYTHONPATH": PROJECT_ROOT, **dict(task.env)},
+                          preexec_fn=_die_with_parent)
     wall = time.time() - start
     tail = "\n".join(((proc.stderr or "") + (proc.stdout or "")).strip().splitlines()[-15:])
     outcome = {"ok": False, "result": None, "wall": wall, "tail": tail, "returncode": proc.returncode}
