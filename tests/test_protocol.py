@@ -195,3 +195,27 @@ def test_digest_is_of_raw_rows_and_changes_with_a_test_row(mpd_like, workdir, tm
 def test_topk_records_the_digest_without_the_ctr_checks(mpd_like, workdir):
     data, _ = _build("SASRec", mpd_like)
     assert data.protocol_report["checks"] == {} and data.protocol_report["test_rows"] == 40
+
+
+@pytest.mark.slow
+def test_user_fraction_keeps_the_same_users_with_all_their_rows(tiny_data_path, workdir):
+    from recbole_psrq import quick_start
+
+    def users(model, fraction):
+        config = quick_start.build_config(model, overrides={"data_path": tiny_data_path,
+                                                            "user_fraction": fraction})
+        data = quick_start.create_dataset(config)
+        inter = data.inter_feat
+        tokens = data.field2id_token[data.uid_field][np.asarray(inter[data.uid_field])]
+        return data, set(tokens), len(inter)
+
+    full, all_users, all_rows = users("DeepFM", None)
+    half, kept, rows = users("DeepFM", 0.5)
+    assert 0.3 * len(all_users) < len(kept) < 0.7 * len(all_users) and kept < all_users
+    _, kept_din, rows_din = users("DIN", 0.5)
+    assert kept_din == kept and rows_din == rows  # the same users, whatever the model
+    inter = full.inter_feat
+    tokens = full.field2id_token[full.uid_field][np.asarray(inter[full.uid_field])]
+    assert rows == sum(t in kept for t in tokens)  # every row of a kept user stays
+    with pytest.raises(ConfigError, match="user_fraction"):
+        users("DeepFM", 1.5)

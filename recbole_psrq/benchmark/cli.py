@@ -38,6 +38,9 @@ def main(argv=None):
                         help="first tune every trainable experiment on validation with N trials each (the "
                              "same budget for all), freeze the best, and run the seeds with it")
     parser.add_argument("--tune-seed", type=int, default=0, help="seeds the tuning studies and their trials")
+    parser.add_argument("--tune-user-fraction", type=float, default=None,
+                        help="tune on a fixed subsample of the users (e.g. 0.3; the same users for every "
+                             "model), the seeded final runs on all of them")
     parser.add_argument("--tune-batch", type=int, default=2,
                         help="trials sampled per round of a study; results depend on it, not on --jobs")
     parser.add_argument("--executor", default="local", choices=EXECUTORS,
@@ -81,8 +84,10 @@ def main(argv=None):
                                      args.gpus_per_task)
         tuned, tuning, untuned = {}, None, []
         if args.tune:
-            tuned, tuning = tune_suite(suite, budgets, args.dataset, out, extra, only, args.tune, executor,
-                                       log, args.tune_seed, args.tune_batch, args.report_only)
+            tune_extra = {**extra, **({"user_fraction": args.tune_user_fraction}
+                                      if args.tune_user_fraction else {})}
+            tuned, tuning = tune_suite(suite, budgets, args.dataset, out, tune_extra, only, args.tune,
+                                       executor, log, args.tune_seed, args.tune_batch, args.report_only)
             # a trainable experiment without a frozen configuration is not run untuned: it is missing
             untuned = [e for e in suite if (not only or e.name in only) and not training_free(e.model)
                        and any((b, run_key(e)) not in tuned for b in budgets)]

@@ -51,9 +51,34 @@ class SIDFieldsMixin:
 
     def _load_data(self, token, dataset_path):
         super()._load_data(token, dataset_path)
+        if self.config["user_fraction"] is not None:
+            self._keep_user_fraction(float(self.config["user_fraction"]))
         modalities = self.config["sid_modalities"]
         if modalities:
             self._add_sid_fields(modalities, token, dataset_path)
+
+    def _keep_user_fraction(self, fraction):
+        """``user_fraction: f`` keeps the users whose id hashes below ``f`` (sha256 of the raw token), with
+        all their rows: the same users for every model, run and seed, so a cheaper copy of a study (e.g.
+        its tuning trials, benchmark ``--tune-user-fraction``) treats every model alike."""
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"user_fraction must be in (0, 1], got {fraction}.")
+        if fraction == 1:
+            return
+        uid = self.uid_field
+        users = self.inter_feat[uid].astype(str)
+        unique = users.unique()
+        kept = {u for u in unique
+                if int.from_bytes(hashlib.sha256(u.encode()).digest()[:8], "big") < fraction * 2 ** 64}
+        if not kept:
+            raise ConfigError(f"user_fraction {fraction} keeps none of the {len(unique)} users of "
+                              f"'{self.dataset_name}'; use a larger fraction.")
+        self.inter_feat = self.inter_feat[users.isin(kept).to_numpy()].reset_index(drop=True)
+        if self.user_feat is not None:
+            self.user_feat = self.user_feat[self.user_feat[uid].astype(str).isin(kept).to_numpy()] \
+                .reset_index(drop=True)
+        self.logger.info(f"user_fraction {fraction}: kept {len(kept)} of {len(unique)} users "
+                         f"({len(self.inter_feat)} rows)")
 
     def _add_sid_fields(self, modalities, token, dataset_path):
         import pandas as pd
