@@ -301,3 +301,30 @@ def test_any_model_reports_cold_and_user_auc(model, tmp_path, workdir):
     items = train._dataset.inter_feat["item_id"]
     assert torch.equal(counts, torch.bincount(items, minlength=train._dataset.item_num))
     assert np.isclose(float(counts.sum()), len(train._dataset))
+
+
+@pytest.mark.slow
+def test_cold_count_positive_end_to_end_and_on_checkpoint_reevaluation(tmp_path, workdir, monkeypatch):
+    """``cold_count: positive`` through quick_start.run and quick_start.evaluate_checkpoint: the buckets count
+    label-1 training rows (computed here from the training split and the scores the test rows got), which
+    moves rows into the buckets on this data, and the checkpoint re-evaluation reports the same values."""
+    from tests.conftest import same_metrics
+    from tests.test_mcca import EvaluationSpy, assert_metrics_close, ctr_metrics_by_hand
+
+    data_path = write_sid_dataset(tmp_path / "data")
+    result = quick_start.run("DeepFM", overrides=sid_overrides(data_path, cold_count="positive"))
+    spy = EvaluationSpy(monkeypatch)
+    again = quick_start.evaluate_checkpoint(result["checkpoint"])
+    assert same_metrics(again, result["test_result"])
+    assert_metrics_close(again, ctr_metrics_by_hand(spy, cold_count="positive"))
+    # on this data some test rows' items have more than 5 (29) training rows but at most 5 (29) positive
+    # ones: those rows must be in the positive-count buckets and not in the all-rows ones
+    by_all = ctr_metrics_by_hand(spy, cold_count="all")
+    items = spy.rows()[3]
+    counts_all, counts_positive = spy.train_counts("all"), spy.train_counts("positive")
+    for name, max_count in (("coldauc", 29), ("coldauc_strict", 5)):
+        moved = int(((counts_all[items] > max_count) & (counts_positive[items] <= max_count)).sum())
+        assert again[f"{name}_rows"] == by_all[f"{name}_rows"] + moved
+        if name == "coldauc_strict":
+            assert moved > 0
+    assert again["coldauc_unseen_rows"] == by_all["coldauc_unseen_rows"]  # count: all, whatever cold_count says

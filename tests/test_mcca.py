@@ -383,30 +383,190 @@ def test_bf16_full_sort_is_close_to_fp32(setup):
     assert bf16.dtype == torch.float32 and 0 < difference.max() < 2e-2, difference.max()
 
 
+class EvaluationSpy:
+    """What the last evaluation (``Trainer.evaluate``) handed RecBole's collector, batch by batch: the scores
+    and the rows' user, item and label (ctr) or positive pairs (full sort); ``train`` is the training split
+    of the last ``data_preparation``; ``full_sort`` the (model, interaction, scores) of MCCA's full sorts."""
+
+    def __init__(self, monkeypatch):
+        import recbole.data
+        from recbole.evaluator.collector import Collector
+        from recbole.trainer.trainer import Trainer
+
+        self.batches, self.full_sort, self.train = [], [], None
+        collect, evaluate, prepare = Collector.eval_batch_collect, Trainer.evaluate, recbole.data.data_preparation
+        full_sort = MCCA.full_sort_predict
+
+        def spy_collect(collector, scores, interaction, positive_u, positive_i):
+            self.batches.append((scores.detach().clone(), interaction, positive_u, positive_i))
+            return collect(collector, scores, interaction, positive_u, positive_i)
+
+        def spy_evaluate(trainer, *args, **kwargs):
+            self.batches.clear()
+            self.full_sort.clear()
+            return evaluate(trainer, *args, **kwargs)
+
+        def spy_prepare(config, dataset):
+            splits = prepare(config, dataset)
+            self.train = splits[0]._dataset
+            return splits
+
+        def spy_full_sort(model, interaction):
+            scores = full_sort(model, interaction)
+            self.full_sort.append((model, interaction, scores.detach().clone()))
+            return scores
+
+        monkeypatch.setattr(Collector, "eval_batch_collect", spy_collect)
+        monkeypatch.setattr(Trainer, "evaluate", spy_evaluate)
+        monkeypatch.setattr(recbole.data, "data_preparation", spy_prepare)
+        monkeypatch.setattr(MCCA, "full_sort_predict", spy_full_sort)
+
+    def rows(self):
+        """(score, label, user, item) of every evaluated row (labeled evaluation)."""
+        cat = lambda f: torch.cat([f(s, i) for s, i, _, _ in self.batches]).numpy()  # noqa: E731
+        return (cat(lambda s, i: s.float().reshape(-1)), cat(lambda s, i: i["label"].float()),
+                cat(lambda s, i: i["user_id"]), cat(lambda s, i: i["item_id"]))
+
+    def train_counts(self, mode):
+        items = self.train.inter_feat["item_id"].numpy()
+        if mode == "positive":
+            items = items[self.train.inter_feat["label"].numpy() > 0.5]
+        return np.bincount(items, minlength=self.train.item_num)
+
+
+def _auc_or_nan(labels, scores):
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(labels, scores) if 0 < labels.sum() < len(labels) else float("nan")
+
+
+def ctr_metrics_by_hand(spy, cold_count="all"):
+    """Every ctr metric, computed here with scikit-learn from the scores the model gave the test rows and the
+    training split's item counts (default buckets: <= 29 and <= 5 rows counted as ``cold_count``, 0 rows of
+    any label)."""
+    from sklearn.metrics import log_loss
+
+    score, label, user, item = spy.rows()
+    result = {"auc": _auc_or_nan(label, score), "logloss": log_loss(label, np.clip(score, 1e-15, 1 - 1e-15))}
+    weighted = [(int((user == u).sum()), _auc_or_nan(label[user == u], score[user == u])) for u in np.unique(user)]
+    weighted = [(n, a) for n, a in weighted if a == a]
+    result["userauc"] = sum(n * a for n, a in weighted) / sum(n for n, _ in weighted)
+    for name, max_count, mode in (("coldauc", 29, cold_count), ("coldauc_strict", 5, cold_count),
+                                  ("coldauc_unseen", 0, "all")):
+        counts = spy.train_counts(mode)
+        mask = np.array([(counts[i] if i < len(counts) else 0) <= max_count for i in item])
+        result.update({name: _auc_or_nan(label[mask], score[mask]), f"{name}_rows": int(mask.sum()),
+                       f"{name}_share": mask.mean()})
+    return result
+
+
+def assert_metrics_close(reported, expected, tolerance=1.5e-4):
+    """Equal up to RecBole's rounding to 4 decimals; NaN equals NaN."""
+    assert reported.keys() == expected.keys()
+    for key, want in expected.items():
+        got = reported[key]
+        assert (got != got and want != want) or got == pytest.approx(want, abs=tolerance), (key, got, want)
+
+
 @pytest.mark.slow
-def test_run_reports_all_ctr_metrics_and_checkpoint_reloads(sid_data, workdir):
+def test_run_reports_all_ctr_metrics_and_checkpoint_reloads(sid_data, workdir, monkeypatch):
     result = quick_start.run("MCCA", overrides=sid_overrides(sid_data))
     assert result["protocol"] == "ctr"
     assert set(result["test_result"]) == ALL_METRICS
-    for key in ("auc", "coldauc", "userauc", "logloss"):
-        assert result["test_result"][key] == result["test_result"][key]  # not NaN
+    spy = EvaluationSpy(monkeypatch)
     again = quick_start.evaluate_checkpoint(result["checkpoint"])
     assert same_metrics(again, result["test_result"])
+    # every reported value is the one computed independently from the model's scores on the test rows
+    expected = ctr_metrics_by_hand(spy)
+    assert_metrics_close(again, expected)
+    assert 0 < expected["coldauc_rows"] < len(spy.rows()[0]) and expected["auc"] == expected["auc"]
+    # the checkpoint's weights are what is evaluated: negating the output layer turns every score s into
+    # 1 - s, so the AUC into 1 - AUC
+    checkpoint = torch.load(result["checkpoint"], map_location="cpu", weights_only=False)
+    for name in ("predict_layer.weight", "predict_layer.bias"):
+        checkpoint["state_dict"][name] = -checkpoint["state_dict"][name]
+    flipped = str(workdir / "flipped.pth")
+    torch.save(checkpoint, flipped)
+    negated = quick_start.evaluate_checkpoint(flipped)
+    assert negated["auc"] == pytest.approx(1 - again["auc"], abs=2e-4)
+    assert negated["coldauc_rows"] == again["coldauc_rows"]
+    assert_metrics_close(negated, ctr_metrics_by_hand(spy))
+
+
+@pytest.fixture(scope="module")
+def full_run(sid_data, tmp_path_factory):
+    """The full model's test metrics, trained as the ablations below are (same seed, data, epochs)."""
+    folder = tmp_path_factory.mktemp("full_run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        return quick_start.run("MCCA", overrides=sid_overrides(sid_data, epochs=ABLATION_EPOCHS), saved=False)
+
+
+ABLATION_EPOCHS = 2
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["wo_msc", "wo_mjc"])
-def test_ablations_run(sid_data, workdir, variant):
-    result = quick_start.run("MCCA", overrides=sid_overrides(sid_data, mcca_variant=variant), saved=False)
+def test_ablations_run(sid_data, workdir, variant, full_run):
+    result = quick_start.run("MCCA", overrides=sid_overrides(sid_data, mcca_variant=variant, epochs=ABLATION_EPOCHS))
     assert set(result["test_result"]) == ALL_METRICS
+    state = torch.load(result["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    # the trained model has exactly the variant's branches (wo_msc: no text/audio ones; wo_mjc: no joint one)
+    kept = {"wo_msc": {"joint", "id"}, "wo_mjc": {"text", "audio", "id"}}[variant]
+    assert {k.split(".")[1] for k in state if k.startswith("attention.")} == kept
+    assert {k.split(".")[1] for k in state if k.startswith("sid_embedding.")} == kept - {"id"}
+    # it scores differently from the full model trained the same way, and still learns: its test AUC is
+    # clearly above chance
+    test, full = result["test_result"], full_run["test_result"]
+    assert (test["auc"], test["logloss"]) != (full["auc"], full["logloss"])
+    assert test["auc"] > ABLATION_AUC_FLOOR, test
+
+
+ABLATION_AUC_FLOOR = 0.55
+
+
+def ndcg_by_hand(spy, k=10):
+    """NDCG@k (and Recall@k) over the test rows from the full-sort scores the collector got, ranking with
+    numpy (stable: ties keep the lower item id first), one positive per row under leave-one-out."""
+    ndcg, recall = [], []
+    for scores, _, positive_u, positive_i in spy.batches:
+        scores = scores.numpy()
+        for row in range(scores.shape[0]):
+            positives = set(positive_i[positive_u == row].tolist())
+            ranking = np.argsort(-scores[row], kind="stable")[:k]
+            hits = [r for r, item in enumerate(ranking) if item in positives]
+            ideal = sum(1 / np.log2(r + 2) for r in range(min(len(positives), k)))
+            ndcg.append(sum(1 / np.log2(r + 2) for r in hits) / ideal)
+            recall.append(len(hits) / len(positives))
+    return float(np.mean(ndcg)), float(np.mean(recall)), len(ndcg)
 
 
 @pytest.mark.slow
-def test_mcca_runs_under_the_topk_protocol(sid_data, workdir):
+def test_mcca_runs_under_the_topk_protocol(sid_data, workdir, monkeypatch):
+    from recbole.data.interaction import Interaction
+
+    spy = EvaluationSpy(monkeypatch)
     result = quick_start.run("MCCA", saved=False,
                              overrides=sid_overrides(sid_data, protocol="topk", eval_batch_size=64,
                                                      full_sort_chunk_size=4096))
-    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+    test = result["test_result"]
+    # the reported ranking metrics are those of the scores MCCA's full sort gave every test row
+    ndcg, recall, n_rows = ndcg_by_hand(spy)
+    assert n_rows == sum(len(b[1]) for b in spy.batches) > 0
+    assert test["ndcg@10"] == pytest.approx(ndcg, abs=1e-4) and test["recall@10"] == pytest.approx(recall, abs=1e-4)
+    # those scores are MCCA's: item 0 (padding) masked, every other item scored by the pairwise predict
+    assert len(spy.full_sort) == len(spy.batches)
+    model, rows, full = spy.full_sort[0]
+    collected = spy.batches[0][0]
+    assert torch.isneginf(collected[:, 0]).all() and torch.equal(collected[:, 1:], full[:, 1:])
+    n = 3
+    items = torch.arange(1, model.n_items)
+    pairs = Interaction({"item_id_list": rows["item_id_list"][:n].repeat_interleave(len(items), 0),
+                         "item_length": rows["item_length"][:n].repeat_interleave(len(items)),
+                         "item_id": items.repeat(n)})
+    with torch.no_grad():
+        pointwise = model.predict(pairs).view(n, -1)
+    assert torch.allclose(full[:n, 1:], pointwise, rtol=0, atol=1e-5)
 
 
 # ----------------------------------------------------------------- any dataset, from its yaml alone

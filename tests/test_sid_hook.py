@@ -251,3 +251,72 @@ def test_bad_modality_config_is_one_paragraph_naming_key_and_fix(tmp_path, ids, 
     with pytest.raises(ConfigError, match=message) as error:
         _tokens(ids, files, modalities, tmp_path, joint_modalities=joint)
     assert "\n" not in str(error.value)
+
+
+# ----------------------------------------------------------------- the joint SID, computed independently
+def _joint_by_hand(ids, matrices, tmp_path, normalise=True):
+    """SID tokens of a quantizer fitted here on [x_1 / |x_1| ; x_2 / |x_2| ; ...] (the norms computed here,
+    not with sid_fields' helper), with the settings of ``_tokens``."""
+    from recbole_psrq.quantization import build_quantizer
+
+    parts = [x / np.linalg.norm(x, axis=1, keepdims=True) if normalise else x for x in matrices]
+    x = np.concatenate(parts, axis=1).astype(np.float32)
+    codes = build_quantizer("rq_kmeans", n_levels=2, codebook_size=4).fit(x).encode(x)
+    return [f"l1_{a} l2_{b}" for a, b in codes]
+
+
+def test_joint_sid_equals_a_quantizer_fitted_on_the_l2_normalised_concatenation(tmp_path, ids):
+    rng = np.random.default_rng(11)
+    text = 1000.0 * rng.normal(size=(60, 8))  # widths and scales differ: unnormalised, text would dominate
+    audio = 0.01 * rng.normal(size=(60, 3))
+    save_item_embeddings(str(tmp_path / "t.npz"), ids, text)
+    save_item_embeddings(str(tmp_path / "a.npz"), ids, audio)
+    files = {"text": str(tmp_path / "t.npz"), "audio": str(tmp_path / "a.npz")}
+    joint = _tokens(ids, files, ["joint"], tmp_path)["joint_sid"]
+    _, text32 = load_item_embeddings(files["text"])
+    _, audio32 = load_item_embeddings(files["audio"])
+    assert joint == _joint_by_hand(ids, [text32, audio32], tmp_path)
+    # the normalisation per modality matters on these inputs: without it the SIDs differ
+    assert joint != _joint_by_hand(ids, [text32, audio32], tmp_path, normalise=False)
+    # and the order of the concatenation is the declaration order (audio first here)
+    swapped = _tokens(ids, {"audio": files["audio"], "text": files["text"]}, ["joint"], tmp_path / "swap")
+    assert swapped["joint_sid"] == _joint_by_hand(ids, [audio32, text32], tmp_path)
+
+
+def test_equal_text_and_different_audio_give_different_joint_sids(tmp_path, ids):
+    """Four clear clusters of (text, audio): items 0 and 2 have the very same text embedding but audio from
+    opposite clusters, so their text SIDs are equal and their joint SIDs must differ (already at level 1)."""
+    rng = np.random.default_rng(5)
+    t = np.array([n % 2 for n in range(60)])
+    a = np.array([(n // 2) % 2 for n in range(60)])
+    text = np.stack([np.eye(8)[0], np.eye(8)[1]])[t] + 0.01 * rng.normal(size=(60, 8))
+    audio = np.stack([np.eye(6)[0], -np.eye(6)[0]])[a] + 0.01 * rng.normal(size=(60, 6))
+    text[2] = text[0]
+    assert t[0] == t[2] and a[0] != a[2]
+    save_item_embeddings(str(tmp_path / "t.npz"), ids, text)
+    save_item_embeddings(str(tmp_path / "a.npz"), ids, audio)
+    fields = _tokens(ids, {"text": str(tmp_path / "t.npz"), "audio": str(tmp_path / "a.npz")},
+                     ["text", "audio", "joint"], tmp_path)
+    assert fields["text_sid"][0] == fields["text_sid"][2]
+    assert fields["audio_sid"][0].split()[0] != fields["audio_sid"][2].split()[0]
+    assert fields["joint_sid"][0].split()[0] != fields["joint_sid"][2].split()[0]
+    # the level-1 joint code separates exactly the four (text, audio) clusters
+    level1 = [s.split()[0] for s in fields["joint_sid"]]
+    assert len(set(level1)) == 4
+    assert all((level1[i] == level1[j]) == ((t[i], a[i]) == (t[j], a[j])) for i in range(60) for j in range(60))
+
+
+def test_an_unfitted_quantizer_names_the_refused_action(tmp_path):
+    """quantization/base.py: encode, decode and save of a quantizer that was never fitted (e.g. a broken
+    cache entry) fail with the action named, and save writes nothing."""
+    from recbole_psrq.quantization import build_quantizer
+
+    quantizer = build_quantizer("rq_kmeans", n_levels=2, codebook_size=4)
+    calls = {"encode": lambda: quantizer.encode(np.zeros((3, 4))),
+             "decode": lambda: quantizer.decode(np.zeros((3, 2), dtype=np.int64)),
+             "save": lambda: quantizer.save(str(tmp_path / "q.npz"))}
+    for action, call in calls.items():
+        with pytest.raises(ConfigError, match=rf"^Cannot {action}: quantizer 'rq_kmeans' is not fitted yet\. "
+                                              r"Call fit\(X\) first or load a saved quantizer"):
+            call()
+    assert not os.listdir(tmp_path)
