@@ -219,17 +219,18 @@ def test_joint_of_one_modality_is_that_modalitys_sid(tmp_path, ids):
     assert [n.split("-")[0] for n in os.listdir(tmp_path / "cache" / "dataset")] == ["text_sid"]  # fitted once
 
 
-def test_text_audio_cache_keys_are_the_ones_before_modalities_were_names(tmp_path, ids):
-    """Existing caches stay valid: the folder names (content keys) below were written by the code before
-    modalities became names, on these exact inputs."""
+def test_cache_keys_are_stable_for_the_same_inputs_settings_and_option_defaults(tmp_path, ids):
+    """Caches stay valid across code changes that change nothing they hold: the folder names (content keys)
+    below were written on these exact inputs when the key gained the quantizer's option defaults (a
+    changed default, e.g. RQ-VAE's epochs, must refit; it changed every key once)."""
     rng = np.random.default_rng(0)
     save_item_embeddings(str(tmp_path / "t.npz"), ids, rng.normal(size=(60, 8)))
     save_item_embeddings(str(tmp_path / "a.npz"), ids[:50], rng.normal(size=(50, 6)))
     _tokens(ids, {"text": str(tmp_path / "t.npz"), "audio": str(tmp_path / "a.npz")}, ["text", "audio", "joint"],
             tmp_path)
     assert sorted(os.listdir(tmp_path / "cache" / "dataset")) == [
-        "audio_sid-rq_kmeans-d2e56cdbf601d24f", "joint_sid-rq_kmeans-62dd5db73f8c36f5",
-        "text_sid-rq_kmeans-10f1b7ae5253ad73"]
+        "audio_sid-rq_kmeans-b727dc708266fd05", "joint_sid-rq_kmeans-154ffbca0faecc04",
+        "text_sid-rq_kmeans-aab9822d20494ccb"]
 
 
 @pytest.mark.parametrize("files, modalities, joint, message", [
