@@ -376,3 +376,10 @@ def test_dirty_sources_name_runs_without_a_commit_and_at_most_three_files():
         "T2 DIN seed 0: no commit recorded with the run",
         "T2 DeepFM seed 1: run at aaaaaaaaaa with uncommitted changes (a.py, b.py, c.py)"]
     assert dirty_sources(runs[2:], CLEAN) == []
+
+
+def test_a_changed_budget_gives_new_runs(monkeypatch):
+    din = SUITES["smoke"][0]
+    before = run_path("o", "early_stop", din, 0, "synthetic_music")
+    monkeypatch.setitem(runner.BUDGETS, "early_stop", {"epochs": 50, "stopping_step": 2})
+    assert run_path("o", "early_stop", din, 0, "synthetic_music") != before

@@ -1,7 +1,7 @@
 """Running a suite: one ``run_recbole_psrq.py`` process per (experiment, budget, seed), run through an
 executor (:mod:`recbole_psrq.benchmark.executor`), its record written by this driver only, under
-``<out>/runs/<budget>/<config fingerprint>/<run key>/seed<N>.json``; a finished run is never rerun, so a
-killed suite resumes where it stopped."""
+``<out>/runs/<budget>-<its settings hash>/<config fingerprint>/<run key>/seed<N>.json``; a finished run
+is never rerun, so a killed suite resumes where it stopped."""
 import json
 import os
 import subprocess
@@ -59,8 +59,14 @@ def config_fingerprint(experiment, dataset, tuned_file=None):
 
 
 def run_path(out, budget, experiment, seed, dataset, tuned_file=None):
+    """The record of one run. The folder is the budget's name and settings (editing a budget's epochs gives
+    new runs), then the config fingerprint, then the run key."""
+    import hashlib
+
+    settings = json.dumps(BUDGETS[budget], sort_keys=True).encode()
+    folder = f"{budget}-{hashlib.sha256(settings).hexdigest()[:6]}"
     fingerprint = config_fingerprint(experiment, dataset, tuned_file)
-    return os.path.join(out, "runs", budget, fingerprint, run_key(experiment), f"seed{seed}.json")
+    return os.path.join(out, "runs", folder, fingerprint, run_key(experiment), f"seed{seed}.json")
 
 
 def run_task(experiment, budget, seed, dataset, out, extra_overrides, tuned_file=None):
