@@ -1,5 +1,6 @@
 """Quantizers and the SID quality report (small synthetic data; the whole file runs in seconds)."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -655,3 +656,315 @@ def test_report_has_codebook_usage_per_level_for_every_quantizer(data, name):
 def test_rq_vae_rejects_bad_training_options(option):
     with pytest.raises(ConfigError, match=next(iter(option))):
         make("rq_vae", **option)
+
+
+# ---------------------------------------------------------------- base.py (mutation testing, TESTING.md)
+
+def _small(n=12, d=4, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+
+
+def test_base_integer_options_bounds_types_and_message():
+    from recbole_psrq.quantization.base import Quantizer
+
+    quantizer = build_quantizer("rq_kmeans", codebook_size=2, seed=np.int64(0), n_levels=1, chunk_size=1,
+                                threads=None, niter=1, nredo=1, max_train_points=2)
+    assert quantizer.n_levels == 1 and quantizer.options["threads"] is None
+    assert build_quantizer("rq_kmeans").n_levels == 3 and Quantizer.DEFAULT_LEVELS == 3
+    bad = [("n_levels", 0, 1), ("codebook_size", 1, 2), ("seed", -1, 0), ("chunk_size", 0, 1),
+           ("threads", 0, 1), ("niter", 0, 1), ("nredo", 0, 1), ("max_train_points", 3, 4),
+           ("n_levels", True, 1), ("seed", 1.0, 0), ("codebook_size", "4", 2)]
+    for label, value, minimum in bad:
+        kwargs = {"codebook_size": 4, label: value}
+        with pytest.raises(ConfigError, match=rf"^Quantizer 'rq_kmeans': {label} must be an integer "
+                                              rf">= {minimum}, got {value!r}\.$"):
+            build_quantizer("rq_kmeans", **kwargs)
+    with pytest.raises(ConfigError, match=r"^Unknown option\(s\) \['a', 'b'\] for quantizer 'vq'\. Allowed "
+                                          r"options and their defaults: \{'normalize': True, 'chunk_size': "
+                                          r"8192, 'threads': 1, 'niter': 20, 'nredo': 1, "
+                                          r"'max_train_points': None\}\.$"):
+        build_quantizer("vq", b=1, a=2)
+
+
+def test_base_config_options_and_max_train_points():
+    quantizer = build_quantizer("rq_kmeans", n_levels=np.int64(2), codebook_size=np.int32(4),
+                                seed=np.int64(3))
+    config = quantizer.config
+    assert config == {"quantizer": "rq_kmeans", "n_levels": 2, "codebook_size": 4, "seed": 3,
+                      "options": {"normalize": True, "chunk_size": 8192, "threads": 1, "niter": 20,
+                                  "nredo": 1, "max_train_points": None}}
+    assert all(type(config[key]) is int for key in ("n_levels", "codebook_size", "seed"))
+    config["options"]["niter"] = 99
+    assert quantizer.options["niter"] == 20  # a copy
+    assert quantizer.max_train_points == 256 * 4
+    assert build_quantizer("rq_kmeans", codebook_size=4, max_train_points=9).max_train_points == 9
+    assert not quantizer.is_fitted and quantizer.dim is None
+
+
+def test_base_fit_needs_n_at_least_k_and_records_the_dimension():
+    quantizer = build_quantizer("vq", codebook_size=4)
+    assert quantizer.fit(_small(4, 3)) is quantizer
+    assert quantizer.is_fitted and quantizer.dim == 3 and type(quantizer.dim) is int
+    with pytest.raises(DataFormatError, match=r"^Cannot fit quantizer 'vq': only N=3 items but codebook_size "
+                                              r"k=4, and k-means needs N >= k\. Use a smaller codebook_size "
+                                              r"\(at most 3, in practice N/30 or less\) or more items\.$"):
+        build_quantizer("vq", codebook_size=4).fit(_small(3, 5))
+    with pytest.raises(DataFormatError, match=r"^fit: embeddings must be a 2-D matrix"):
+        build_quantizer("vq", codebook_size=4).fit(np.zeros(8))
+
+
+def test_base_check_matrix_messages_and_no_copy():
+    from recbole_psrq.quantization.base import check_matrix, nonfinite_rows
+
+    X = _small()
+    assert check_matrix(X, "fit") is X
+    ints = np.arange(12).reshape(6, 2)
+    assert check_matrix(ints, "fit") is ints
+    assert check_matrix([[1.0, 2.0]], "fit").shape == (1, 2)
+    assert check_matrix(np.ones((3, 1)), "fit").shape == (3, 1)
+    with pytest.raises(DataFormatError, match=r"^encode: embeddings are not a numeric matrix \(.+\)\.$") as e:
+        check_matrix([[1.0, 2.0], [3.0]], "encode")
+    assert isinstance(e.value.__cause__, ValueError)
+    with pytest.raises(DataFormatError, match=r"^fit: embeddings must be a 2-D matrix \(items x dimensions\), "
+                                              r"got an array with shape \(2, 2, 2\)\. Reshape it to \(N, d\), "
+                                              r"one row per item\.$"):
+        check_matrix(np.zeros((2, 2, 2)), "fit")
+    with pytest.raises(DataFormatError, match=r"^fit: embeddings must be numeric, got dtype <U1\.$"):
+        check_matrix(np.array([["a", "b"]]), "fit")
+    for shape in [(0, 4), (4, 0)]:
+        with pytest.raises(DataFormatError, match=rf"^encode: embeddings are empty \(shape \({shape[0]}, "
+                                                  rf"{shape[1]}\)\)\.$"):
+            check_matrix(np.zeros(shape, dtype=np.float32), "encode")
+    X = _small(30)
+    X[[1, 4, 5, 8, 11, 14, 17, 20, 23, 26, 29], 0] = np.nan
+    X[2, 3] = -np.inf
+    with pytest.raises(DataFormatError, match=r"^fit: 12 embedding row\(s\) contain NaN or inf, e\.g\. rows "
+                                              r"\[1, 2, 4, 5, 8, 11, 14, 17, 20, 23\]\. Drop those items or "
+                                              r"impute their embeddings \(e\.g\. with the modality mean\) "
+                                              r"before quantising\.$"):
+        check_matrix(X, "fit")
+    # checked chunk by chunk, indices counted from the start of X
+    rows = nonfinite_rows(X, chunk_size=4)
+    assert rows.dtype == np.int64
+    assert rows.tolist() == [1, 2, 4, 5, 8, 11, 14, 17, 20, 23, 26, 29]
+    assert nonfinite_rows(X).tolist() == rows.tolist()
+    assert nonfinite_rows(_small(), chunk_size=5).dtype == np.int64
+    assert nonfinite_rows(_small(), chunk_size=5).size == 0
+    assert nonfinite_rows(ints).dtype == np.int64 and nonfinite_rows(ints).size == 0
+    for dtype in (np.float64, np.float16):
+        assert nonfinite_rows(np.array([[1.0, 2.0], [np.nan, 0.0], [3.0, np.inf]], dtype=dtype)).tolist() == [1, 2]
+
+
+def test_base_preprocess_normalises_a_float32_copy_and_keeps_zero_rows():
+    X = _small(6, 3).astype(np.float64) * 5
+    X[2] = 0
+    X[4] = [0.1, -0.2, 0.05]  # norm < 1 is normalised too
+    original = X.copy()
+    quantizer = build_quantizer("vq", codebook_size=2)
+    x = quantizer.preprocess(X)
+    assert x.dtype == np.float32 and x is not X
+    np.testing.assert_array_equal(X, original)
+    np.testing.assert_array_equal(x[2], 0)
+    keep = [0, 1, 3, 4, 5]
+    np.testing.assert_allclose(x[keep], X[keep] / np.linalg.norm(X[keep], axis=1, keepdims=True), rtol=1e-6)
+    raw = build_quantizer("vq", codebook_size=2, normalize=False)
+    X32 = X.astype(np.float32)
+    y = raw.preprocess(X32)
+    np.testing.assert_array_equal(y, X32)
+    assert y is not X32 and not np.shares_memory(y, X32)
+
+
+def test_base_training_sample_is_all_rows_up_to_max_points_else_a_seeded_sorted_sample():
+    X = _small(20, 3) * 3
+    quantizer = build_quantizer("rq_kmeans", codebook_size=2, seed=5)
+    np.testing.assert_array_equal(quantizer._training_sample(X, 20), quantizer.preprocess(X))
+    sample = quantizer._training_sample(X, 19)
+    rows = np.sort(np.random.default_rng(5).choice(20, size=19, replace=False))
+    np.testing.assert_array_equal(sample, quantizer.preprocess(X[rows]))
+    assert sample.shape == (19, 3)
+    np.testing.assert_array_equal(quantizer._training_sample(X, 7),
+                                  quantizer.preprocess(X[np.sort(np.random.default_rng(5).choice(20, size=7,
+                                                                                              replace=False))]))
+
+
+def test_base_train_codebook_passes_its_options_and_logs(monkeypatch, caplog):
+    from recbole_psrq.quantization import base
+
+    calls = []
+
+    def fake(inputs, k, niter, seed, nredo):
+        calls.append((inputs.shape, k, niter, seed, nredo))
+        return np.zeros((k, inputs.shape[1]), dtype=np.float32)
+
+    monkeypatch.setattr(base, "train_kmeans", fake)
+    quantizer = build_quantizer("rq_kmeans", n_levels=3, codebook_size=2, seed=7, niter=5, nredo=3)
+    with caplog.at_level("INFO", logger=base.__name__):
+        quantizer._train_codebook(np.zeros((6, 4), dtype=np.float32), 1)
+    assert calls == [((6, 4), 2, 5, 8, 3)]
+    found = re.fullmatch(r"rq_kmeans codebook 2/3: k-means k=2 on 6 x 4 points in (\d+\.\d) s", caplog.messages[-1])
+    assert found and float(found.group(1)) < 60  # the elapsed time, not a clock reading
+
+
+def test_base_decode_checks_codes_and_uses_the_first_levels():
+    X = _small(40, 4)
+    quantizer = build_quantizer("rq_kmeans", n_levels=3, codebook_size=4, niter=2).fit(X)
+    codes = quantizer.encode(X)
+    full = quantizer.decode(codes)
+    assert full.dtype == np.float32 and full.flags["C_CONTIGUOUS"] and full.shape == (40, 4)
+    np.testing.assert_array_equal(quantizer.decode(codes.astype(np.int32)), full)
+    np.testing.assert_array_equal(quantizer.decode(codes, n_levels=1), quantizer.decode(codes[:, :1]))
+    np.testing.assert_array_equal(quantizer.decode(codes[:, :2]), quantizer.decode(codes, n_levels=2))
+    assert quantizer.decode(codes.tolist()).shape == (40, 4)
+    assert quantizer.decode(np.zeros((0, 3), dtype=np.int64)).shape == (0, 4)
+    edge = np.array([[0, 3, 3]])
+    assert quantizer.decode(edge).shape == (1, 4)
+    with pytest.raises(DataFormatError, match=r"^decode expects an integer code matrix \(N, levels\), got dtype "
+                                              r"float64 with shape \(40, 3\)\.$"):
+        quantizer.decode(codes.astype(np.float64))
+    with pytest.raises(DataFormatError, match=r"^decode expects an integer code matrix \(N, levels\), got dtype "
+                                              r"int64 with shape \(3,\)\.$"):
+        quantizer.decode(codes[0])
+    with pytest.raises(ConfigError, match=r"^Quantizer 'rq_kmeans': n_levels \(decode\) must be an integer >= 1, "
+                                          r"got 0\.$"):
+        quantizer.decode(codes, n_levels=0)
+    with pytest.raises(DataFormatError, match=r"^decode asked for 3 levels, but the codes have 2 and quantizer "
+                                              r"'rq_kmeans' has 3\.$"):
+        quantizer.decode(codes[:, :2], n_levels=3)
+    with pytest.raises(DataFormatError, match=r"^decode asked for 4 levels, but the codes have 4 and quantizer "
+                                              r"'rq_kmeans' has 3\.$"):
+        quantizer.decode(np.zeros((2, 4), dtype=np.int64))
+    with pytest.raises(DataFormatError, match=r"^decode got codes outside \[0, 4\) \(min -1, max 2\); they were "
+                                              r"not produced by this quantizer\.$"):
+        quantizer.decode(np.array([[-1, 2, 0]]))
+    with pytest.raises(DataFormatError, match=r"^decode got codes outside \[0, 4\) \(min 0, max 4\)"):
+        quantizer.decode(np.array([[0, 4, 0]]))
+    # only the used levels are checked
+    assert quantizer.decode(np.array([[1, 9, 9]]), n_levels=1).shape == (1, 4)
+
+
+def test_base_encode_chunks_and_errors():
+    X = _small(30, 4)
+    quantizer = build_quantizer("rq_kmeans", n_levels=2, codebook_size=4, niter=2, chunk_size=4).fit(X)
+    codes = quantizer.encode(X)
+    assert codes.dtype == np.int64 and codes.shape == (30, 2)
+    whole = build_quantizer("rq_kmeans", n_levels=2, codebook_size=4, niter=2).fit(X)
+    np.testing.assert_array_equal(codes, whole.encode(X))
+    np.testing.assert_array_equal(quantizer.encode(X[:1]), codes[:1])
+    with pytest.raises(DataFormatError, match=r"^encode got embeddings of dimension 3, but quantizer 'rq_kmeans' "
+                                              r"was fitted on dimension 4\. Encode the same embedding type "
+                                              r"\(modality / model\) that the quantizer was fitted on, or fit a "
+                                              r"new quantizer\.$"):
+        quantizer.encode(X[:, :3])
+    with pytest.raises(DataFormatError, match=r"^encode: embeddings must be a 2-D"):
+        quantizer.encode(X[0])
+
+
+def test_base_limit_threads_sets_and_restores_faiss_and_torch():
+    import faiss
+    import torch
+
+    from recbole_psrq.quantization.base import limit_threads
+
+    before = faiss.omp_get_max_threads(), torch.get_num_threads()
+    faiss.omp_set_num_threads(2)
+    torch.set_num_threads(2)
+    try:
+        with limit_threads(1):
+            assert faiss.omp_get_max_threads() == 1 and torch.get_num_threads() == 1
+        assert faiss.omp_get_max_threads() == 2 and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError):
+            with limit_threads(1):
+                raise RuntimeError
+        assert faiss.omp_get_max_threads() == 2 and torch.get_num_threads() == 2
+        with limit_threads(None):
+            assert faiss.omp_get_max_threads() == 2 and torch.get_num_threads() == 2
+        seen = []
+        quantizer = build_quantizer("rq_kmeans", n_levels=2, codebook_size=4, niter=2)
+        original = quantizer._fit
+        quantizer._fit = lambda x: (seen.append((faiss.omp_get_max_threads(), torch.get_num_threads())),
+                                    original(x))
+        quantizer.fit(_small(20, 4))
+        assert seen == [(1, 1)] and faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(before[0])
+        torch.set_num_threads(before[1])
+
+
+def test_base_save_writes_the_config_the_dimension_and_one_array_per_codebook(tmp_path):
+    import json
+
+    X = _small(20, 4)
+    quantizer = build_quantizer("rq_kmeans", n_levels=2, codebook_size=4, niter=2).fit(X)
+    quantizer.save(tmp_path / "q.npz")
+    with np.load(tmp_path / "q.npz") as arrays:
+        assert sorted(arrays.files) == ["centroids_0", "centroids_1", "config"]
+        config = json.loads(str(arrays["config"]))
+        np.testing.assert_array_equal(arrays["centroids_1"], quantizer.centroids[1])
+    assert config == {**quantizer.config, "dim": 4, "format_version": 1}
+    fresh = build_quantizer("rq_kmeans", n_levels=2, codebook_size=4, niter=2)
+    fresh.restore(np.int64(4), {f"centroids_{i}": c for i, c in enumerate(quantizer.centroids)})
+    assert fresh.dim == 4 and type(fresh.dim) is int
+    np.testing.assert_array_equal(fresh.encode(X), quantizer.encode(X))
+
+
+from recbole_psrq.quantization.base import Quantizer as _BaseQuantizer  # noqa: E402
+
+
+class _StubQuantizer(_BaseQuantizer):
+    """Minimal subclass: all-zero codes; decode returns float64 in Fortran order and records the
+    faiss thread count each hook runs with."""
+
+    name = "stub"
+    DEFAULT_LEVELS = 2
+    seen = None
+
+    def _fit(self, x):
+        self.seen = []
+
+    def _encode_chunk(self, x):
+        import faiss
+        self.seen.append(("encode", faiss.omp_get_max_threads()))
+        return np.zeros((x.shape[0], self.n_levels), dtype=np.int64)
+
+    def _decode(self, codes):
+        import faiss
+        self.seen.append(("decode", faiss.omp_get_max_threads()))
+        return np.asfortranarray(np.ones((codes.shape[0], self.dim), dtype=np.float64))
+
+
+def test_base_decode_returns_contiguous_float32_and_hooks_run_on_the_configured_threads():
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        quantizer = _StubQuantizer(codebook_size=2, threads=1).fit(_small(4, 3))
+        codes = quantizer.encode(_small(4, 3))
+        out = quantizer.decode(codes)
+        assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"] and out.shape == (4, 3)
+        assert quantizer.seen == [("encode", 1), ("decode", 1)]
+        assert faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def test_base_constructor_defaults_and_the_full_unfitted_message():
+    from recbole_psrq.quantization import QUANTIZERS
+
+    quantizer = QUANTIZERS["rq_kmeans"]()
+    assert (quantizer.n_levels, quantizer.codebook_size, quantizer.seed) == (3, 256, 0)
+    assert _StubQuantizer().n_levels == 2
+    with pytest.raises(ConfigError, match=r"^Cannot encode: quantizer 'stub' is not fitted yet\. Call fit\(X\) "
+                                          r"first or load a saved quantizer with load_quantizer\(path\)\.$"):
+        _StubQuantizer(codebook_size=2).encode(_small(4, 3))
+
+
+def test_base_training_sample_reads_x_itself_when_every_row_is_used(monkeypatch):
+    X = _small(20, 3)
+    quantizer = build_quantizer("rq_kmeans", codebook_size=2, seed=5)
+    seen = []
+    original = quantizer.preprocess
+    monkeypatch.setattr(quantizer, "preprocess", lambda A: (seen.append(A is X), original(A))[1])
+    quantizer._training_sample(X, 20)
+    quantizer._training_sample(X, 30)
+    assert seen == [True, True]  # no fancy-indexed copy of all N rows
