@@ -87,11 +87,8 @@ def test_hand_computed_example_where_weight_and_prefix_matter():
     np.testing.assert_allclose(psrq.decode(codes), X, atol=1e-6)
 
 
-@pytest.mark.parametrize("weight", [0.3, 2.5])
-def test_psrq_trains_level_2_on_residual_and_weighted_prefix(data, weight, monkeypatch):
-    """What k-means is given at level >= 2 is exactly [r ; w (x - r)] (reading A), computed by hand
-    from the fitted level-1 codebook."""
-    X, _ = data
+def record_codebook_inputs(monkeypatch):
+    """A list that receives a copy of what PSRQ gives k-means at each level."""
     seen = []
     original = PSRQQuantizer._train_codebook
 
@@ -100,6 +97,15 @@ def test_psrq_trains_level_2_on_residual_and_weighted_prefix(data, weight, monke
         return original(self, inputs, index)
 
     monkeypatch.setattr(PSRQQuantizer, "_train_codebook", spy)
+    return seen
+
+
+@pytest.mark.parametrize("weight", [0.3, 2.5])
+def test_psrq_trains_level_2_on_residual_and_weighted_prefix(data, weight, monkeypatch):
+    """What k-means is given at level >= 2 is exactly [r ; w (x - r)] (reading A), computed by hand
+    from the fitted level-1 codebook."""
+    X, _ = data
+    seen = record_codebook_inputs(monkeypatch)
     psrq = make("psrq", n_levels=2, prefix_weight=weight).fit(X)
     x = X / np.linalg.norm(X, axis=1, keepdims=True)
     level1 = psrq.centroids[0]
@@ -440,14 +446,7 @@ def test_auto_prefix_weight_equalises_the_halves_at_every_level(data, monkeypatc
     """k-means at level l >= 2 gets [r ; w_l (x - r)] with w_l = sqrt(mean ||r||^2 / mean ||x - r||^2),
     computed by hand from the fitted codebooks, so both halves have the same mean squared norm."""
     X, _ = data
-    seen = []
-    original = PSRQQuantizer._train_codebook
-
-    def spy(self, inputs, index):
-        seen.append(np.array(inputs, copy=True))
-        return original(self, inputs, index)
-
-    monkeypatch.setattr(PSRQQuantizer, "_train_codebook", spy)
+    seen = record_codebook_inputs(monkeypatch)
     psrq = make("psrq", prefix_weight="auto").fit(X)
     x = X / np.linalg.norm(X, axis=1, keepdims=True)
     r = x.astype(np.float64)

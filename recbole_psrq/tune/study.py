@@ -273,12 +273,12 @@ def make_job(name, model, dataset, trials, root, overrides=None, config_files=()
     if not len(space):
         raise ConfigError(f"The search space of {name} is empty (every key is fixed by its settings); "
                           "nothing to tune.")
-    metric = str(base.get("valid_metric", "AUC")).lower().split("@")[0]
+    metric = str(base.get("valid_metric", "AUC")).lower()
     folder = job_folder(root, model, space, int(trials), seed, int(batch), overrides)
     return TuneJob(name=name, model=model, dataset=dataset, space=space, trials=int(trials), folder=folder,
                    overrides=overrides, config_files=tuple(config_files), seed=seed, batch=int(batch),
-                   base_config=base, valid_metric=str(base.get("valid_metric", "AUC")).lower(),
-                   direction="minimize" if metric in SMALLER_IS_BETTER else "maximize")
+                   base_config=base, valid_metric=metric,
+                   direction="minimize" if metric.split("@")[0] in SMALLER_IS_BETTER else "maximize")
 
 
 def _parsed(overrides):
