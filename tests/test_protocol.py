@@ -219,3 +219,37 @@ def test_user_fraction_keeps_the_same_users_with_all_their_rows(tiny_data_path, 
     assert rows == sum(t in kept for t in tokens)  # every row of a kept user stays
     with pytest.raises(ConfigError, match="user_fraction"):
         users("DeepFM", 1.5)
+
+
+def _split_users(config_model, data_path, **extra):
+    config = _config(config_model, data_path, **extra)
+    data = quick_start.create_dataset(config)
+    train, valid, test = data_preparation(config, data)
+
+    def users(loader):
+        inter = loader._dataset.inter_feat
+        return sorted(data.field2id_token[data.uid_field][inter[data.uid_field].numpy()]), len(inter)
+    return data, users(train), users(valid), users(test)
+
+
+@pytest.mark.parametrize("model", ["SASRec", "DIN"])
+def test_valid_user_fraction_validates_on_a_fixed_user_subset_and_keeps_train_and_test(mpd_like, workdir,
+                                                                                       model):
+    full, train, valid, test = _split_users(model, mpd_like)
+    part, train_part, valid_part, test_part = _split_users(model, mpd_like, valid_user_fraction=0.5)
+    kept = project_datasets.hashed_users(set(valid[0]), 0.5, "valid_user_fraction")
+    assert 0 < len(kept) < len(set(valid[0]))
+    assert set(valid_part[0]) == kept
+    # every validation row of a kept user stays
+    assert valid_part[1] == sum(u in kept for u in valid[0]) < valid[1]
+    assert train_part == train and test_part == test
+    assert part.protocol_report["test_digest"] == full.protocol_report["test_digest"]
+    # nested: a smaller fraction validates on a subset of a larger one's users
+    smaller = project_datasets.hashed_users(set(valid[0]), 0.25, "valid_user_fraction")
+    assert smaller <= kept
+
+
+@pytest.mark.parametrize("value", [0, 1.5, "half", True])
+def test_a_bad_valid_user_fraction_is_a_config_error(mpd_like, workdir, value):
+    with pytest.raises(ConfigError, match=r"^valid_user_fraction must be a number in \(0, 1\], got "):
+        _split_users("SASRec", mpd_like, valid_user_fraction=value)

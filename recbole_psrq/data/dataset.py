@@ -37,6 +37,7 @@ import importlib
 import os
 
 import numpy as np
+import torch
 from recbole.data.dataset import (DIENDataset, Dataset, GRU4RecKGDataset, KnowledgeBasedDataset,
                                   KSRDataset, SequentialDataset)
 from recbole.utils import FeatureSource, FeatureType, ModelType
@@ -61,15 +62,12 @@ class SIDFieldsMixin:
         """``user_fraction: f`` keeps the users whose id hashes below ``f`` (sha256 of the raw token), with
         all their rows: the same users for every model, run and seed, so a cheaper copy of a study (e.g.
         its tuning trials, benchmark ``--tune-user-fraction``) treats every model alike."""
-        if not 0 < fraction <= 1:
-            raise ConfigError(f"user_fraction must be in (0, 1], got {fraction}.")
         if fraction == 1:
             return
         uid = self.uid_field
         users = self.inter_feat[uid].astype(str)
         unique = users.unique()
-        kept = {u for u in unique
-                if int.from_bytes(hashlib.sha256(u.encode()).digest()[:8], "big") < fraction * 2 ** 64}
+        kept = hashed_users(unique, fraction, "user_fraction")
         if not kept:
             raise ConfigError(f"user_fraction {fraction} keeps none of the {len(unique)} users of "
                               f"'{self.dataset_name}'; use a larger fraction.")
@@ -137,10 +135,29 @@ class ProtocolMixin:
             if isinstance(self, SequentialDataset):
                 checks.update(check_histories(self))
             checks["every_row_a_candidate"] = self._check_candidates(loaded, fields)
+        if self.config["valid_user_fraction"] is not None:
+            datasets[1] = self._keep_valid_users(datasets[1], self.config["valid_user_fraction"])
         test = datasets[-1]
         self.protocol_report = {"test_rows": len(test), "test_digest": rows_digest(test),
                                 "checks": checks}
         return datasets
+
+    def _keep_valid_users(self, valid, fraction):
+        """``valid_user_fraction: f`` validates on the users whose id hashes below ``f`` only (model
+        selection and early stopping; training and test keep every user): a full sort over every item
+        for every validation user is what makes MCCA's top-k validation expensive."""
+        uid = self.uid_field
+        tokens = self.field2id_token[uid][valid.inter_feat[uid].numpy()]
+        unique = np.unique(tokens)
+        kept = hashed_users(unique, fraction, "valid_user_fraction")
+        if not kept:
+            raise ConfigError(f"valid_user_fraction {fraction} keeps none of the {len(unique)} validation "
+                              f"users of '{self.dataset_name}'; use a larger fraction.")
+        mask = np.isin(tokens, list(kept))
+        valid = valid.copy(valid.inter_feat[torch.from_numpy(mask)])
+        self.logger.info(f"valid_user_fraction {fraction}: validating on {len(kept)} of {len(unique)} "
+                         f"users ({len(valid)} rows)")
+        return valid
 
     def _check_candidates(self, loaded, fields):
         if len(self.inter_feat) == len(loaded):
@@ -157,6 +174,15 @@ class ProtocolMixin:
             f"the same test rows: history_min_length must be 0 or unset (it is "
             f"{self.config['history_min_length']}; DIEN gets a padded history instead) and "
             f"history_positive_only True (it is {self.config['history_positive_only']}).")
+
+
+def hashed_users(tokens, fraction, key):
+    """The user tokens whose sha256 hashes below ``fraction`` (of 2**64): a fixed subset, the same for
+    every model, run and seed, and nested (a smaller fraction keeps a subset of a larger one's users)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ConfigError(f"{key} must be a number in (0, 1], got {fraction!r}.")
+    return {u for u in tokens
+            if int.from_bytes(hashlib.sha256(u.encode()).digest()[:8], "big") < fraction * 2 ** 64}
 
 
 def rows_digest(dataset):
