@@ -285,8 +285,13 @@ def _cached_codes(ids, x, modality, settings, quantizer_file, cache_dir, dataset
         action = "fitted"
     codes = quantizer.encode(x)
     fit_seconds = time.time() - start
-    # items without a label are left out of the label metrics (the report skips None)
+    # items without a label are left out of the label metrics (the report skips None); when no item of
+    # this field has one (labels of other items only), the report has no label metrics
     item_labels = np.array([labels.get(i) for i in ids], dtype=object) if labels else None
+    if item_labels is not None and all(label is None for label in item_labels):
+        logger.warning(f"{field}: no item has a label in the labels given; the quality report has no "
+                       "label metrics")
+        item_labels = None
     report = sid_quality_report(x, codes, labels=item_labels, quantizer=quantizer, name=field)
     report["fit_seconds"] = fit_seconds
     report["kmeans_device"] = "gpu" if kmeans_gpus() else "cpu"  # GPU centroids differ in the last bits
@@ -371,4 +376,5 @@ def read_item_labels(item_file, column, id_field="item_id", field_separator="\t"
     if id_field not in names:
         raise ConfigError(f"{item_file} has no '{id_field}' column to join the labels on.")
     id_column = names[id_field]
-    return dict(zip(frame[id_column], frame[names[column]]))
+    labelled = frame[frame[names[column]].notna()]  # an empty cell: no label, left out of the label metrics
+    return dict(zip(labelled[id_column], labelled[names[column]]))
