@@ -102,6 +102,12 @@ def sid_field(codebook):
     return f"{codebook}_sid"
 
 
+def _setting(config, key, default):
+    """``config[key]``, or ``default`` when the key is unset (RecBole's Config reads None)."""
+    value = config[key]
+    return default if value is None else value
+
+
 def variant_codebooks(variant, modalities, joint_modalities):
     """The SID codebooks a variant keeps, in table-creation order (module docstring, "Variants")."""
     if variant == "wo_msc":
@@ -140,10 +146,18 @@ class MCCA(SequentialRecommender):
         if weight_activation not in WEIGHT_ACTIVATIONS:
             raise ConfigError(f"Unknown attention_weight '{weight_activation}'; use one of "
                               f"{', '.join(WEIGHT_ACTIVATIONS)} (the paper uses no softmax).")
-        self.attention_hidden_size = list(config["attention_hidden_size"] or [80, 40])
-        self.mlp_hidden_size = list(config["mlp_hidden_size"] or [256, 128])
+        # unset keys take the defaults; set ones are used as given (an empty list is an error, not a default)
+        self.attention_hidden_size = list(_setting(config, "attention_hidden_size", [80, 40]))
+        self.mlp_hidden_size = list(_setting(config, "mlp_hidden_size", [256, 128]))
+        for key, example in (("attention_hidden_size", "[80, 40]"), ("mlp_hidden_size", "[256, 128]")):
+            if not getattr(self, key):
+                raise ConfigError(f"{key} needs at least one layer, e.g. {example}; got [].")
         self.dropout_prob = float(config["dropout_prob"] or 0.0)
-        self.full_sort_chunk_size = int(config["full_sort_chunk_size"] or 1024)
+        self.full_sort_chunk_size = _setting(config, "full_sort_chunk_size", 1024)
+        if isinstance(self.full_sort_chunk_size, bool) or not isinstance(self.full_sort_chunk_size, int) \
+                or self.full_sort_chunk_size < 1:
+            raise ConfigError(f"full_sort_chunk_size (pairs scored at once in the full sort) must be an "
+                              f"integer >= 1, got {self.full_sort_chunk_size!r}.")
         self.full_sort_bf16 = bool(config["full_sort_bf16"])
         attention_activation = str(config["attention_activation"] or "sigmoid").lower()
         if attention_activation not in ACTIVATIONS:
@@ -195,7 +209,7 @@ class MCCA(SequentialRecommender):
         for n_in, n_out in zip([mlp_in] + self.mlp_hidden_size[:-1], self.mlp_hidden_size):
             layers += [nn.Dropout(self.dropout_prob), nn.Linear(n_in, n_out), nn.ReLU()]
         self.mlp = nn.Sequential(*layers)
-        self.predict_layer = nn.Linear(self.mlp_hidden_size[-1] if self.mlp_hidden_size else mlp_in, 1)
+        self.predict_layer = nn.Linear(self.mlp_hidden_size[-1], 1)
         self.loss = nn.BCEWithLogitsLoss()
 
         self.apply(self._init_weights)
@@ -310,9 +324,9 @@ class MCCA(SequentialRecommender):
 
     def _chunks(self):
         """(rows, candidates) per chunk: at most ``full_sort_chunk_size`` pairs."""
-        budget = max(1, self.full_sort_chunk_size)
-        item_chunk = max(1, min(self.n_items, budget))
-        return max(1, budget // item_chunk), item_chunk
+        budget = self.full_sort_chunk_size
+        item_chunk = min(self.n_items, budget)
+        return budget // item_chunk, item_chunk
 
     def _full_sort_shared(self, item_seq, item_seq_len):
         n_rows, device = item_seq.shape[0], item_seq.device
