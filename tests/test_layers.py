@@ -99,6 +99,18 @@ CASES = [("concat", "none", "sigmoid"), ("din", "none", "relu"), ("concat", "sig
          ("din", "sigmoid", "none"), ("concat", "none", "leakyrelu"), ("din", "none", "prelu")]
 
 
+def _random_unit(seed, attention_input, weight_activation, activation):
+    """A unit with every weight and bias drawn from N(0, 1), so a dropped term is visible."""
+    torch.manual_seed(seed)
+    unit = ActivationUnit(6, hidden_size=[7, 3], attention_input=attention_input, activation=activation,
+                          weight_activation=weight_activation)
+    for layer in unit.modules():
+        if isinstance(layer, nn.Linear):
+            for parameter in layer.parameters():
+                nn.init.normal_(parameter)
+    return unit
+
+
 def _inputs(seed=0, b=4, t=5, d=6, c=3):
     g = torch.Generator().manual_seed(seed)
     keys = torch.randn(b, t, d, generator=g)
@@ -109,13 +121,7 @@ def _inputs(seed=0, b=4, t=5, d=6, c=3):
 @pytest.mark.parametrize("attention_input, weight_activation, activation", CASES)
 @pytest.mark.parametrize("grad", [True, False])
 def test_aligned_forward_equals_the_written_out_unit(attention_input, weight_activation, activation, grad):
-    torch.manual_seed(1)
-    unit = ActivationUnit(6, hidden_size=[7, 3], attention_input=attention_input, activation=activation,
-                          weight_activation=weight_activation)
-    for layer in unit.modules():  # non-zero biases everywhere, so a dropped term is visible
-        if isinstance(layer, nn.Linear):
-            for parameter in layer.parameters():
-                nn.init.normal_(parameter)
+    unit = _random_unit(1, attention_input, weight_activation, activation)
     keys, query, _, mask = _inputs()
     values = torch.randn(4, 5, 2)
     with torch.set_grad_enabled(grad):  # without gradients the activations run in place (_mlp)
@@ -133,13 +139,7 @@ def test_aligned_forward_equals_the_written_out_unit(attention_input, weight_act
 @pytest.mark.parametrize("attention_input, weight_activation, activation", CASES)
 @pytest.mark.parametrize("grad", [True, False])
 def test_cross_forward_is_the_aligned_one_per_candidate(attention_input, weight_activation, activation, grad):
-    torch.manual_seed(2)
-    unit = ActivationUnit(6, hidden_size=[7, 3], attention_input=attention_input, activation=activation,
-                          weight_activation=weight_activation)
-    for layer in unit.modules():
-        if isinstance(layer, nn.Linear):
-            for parameter in layer.parameters():
-                nn.init.normal_(parameter)
+    unit = _random_unit(2, attention_input, weight_activation, activation)
     keys, _, candidates, mask = _inputs(seed=3)
     values = torch.randn(4, 5, 2)
     with torch.set_grad_enabled(grad):
