@@ -256,6 +256,9 @@ def run(model, dataset=None, config_files=(), overrides=None, saved=True, distri
     config = build_config(model, dataset, config_files, overrides)
     _set_threads(config)
     ddp = None
+    if distributed is not None and config["resume_file"]:
+        raise ConfigError("resume_file is not supported in distributed (DDP) runs: each process would need "
+                          "its own state. Leave resume_file unset with --nproc.")
     if distributed is not None:
         from recbole_psrq.distributed import Context
 
@@ -300,9 +303,7 @@ def _run(config, saved, ddp, data_preparation, get_trainer, init_seed):
         trainer = distributed_trainer(trainer_class, config, model_obj, ddp)
     # RecBole names it <model>-<time to the second>.pth: runs started together would share it
     trainer.saved_model_file = os.path.join(config["checkpoint_dir"], f"{config['model']}-{run_id}.pth")
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
+    best_valid_score, best_valid_result = _fit(config, trainer, train_data, valid_data, saved)
     saved_ok = not saved or (os.path.isfile(trainer.saved_model_file) if main else None)
     in_sync = None
     if ddp is not None:
@@ -344,7 +345,24 @@ def _run(config, saved, ddp, data_preparation, get_trainer, init_seed):
             return result
     result["result_file"] = _write_result(result, log_file)
     logger.info(f"test result: {result['test_result']}")
+    if config["resume_file"] and os.path.exists(config["resume_file"]):
+        os.remove(config["resume_file"])  # finished: a rerun trains again rather than re-evaluating
     return result
+
+
+def _fit(config, trainer, train_data, valid_data, saved, callback_fn=None):
+    """``trainer.fit``, through :mod:`recbole_psrq.resume` when ``resume_file`` is set."""
+    from recbole_psrq import resume
+
+    show_progress = config["show_progress"]
+    if config["resume_file"] and not resume.supports(trainer):
+        getLogger().warning(f"resume_file is ignored: {config['model']} trains with "
+                            f"{type(trainer).__name__}, whose own training loop cannot be resumed.")
+    elif config["resume_file"]:
+        return resume.fit(trainer, train_data, valid_data, config["resume_file"], saved=saved,
+                          show_progress=show_progress, callback_fn=callback_fn)
+    return trainer.fit(train_data, valid_data, saved=saved, show_progress=show_progress,
+                       callback_fn=callback_fn)
 
 
 def _require_protocol_report(config, data):

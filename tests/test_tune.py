@@ -250,6 +250,8 @@ def test_a_finite_space_within_the_budget_is_searched_exhaustively(tmp_path):
     frozen = tune([job], executor, log=lambda m: None)["DIN"]
     tried = sorted((s["overrides"]["learning_rate"], s["overrides"]["dropout_prob"]) for s in executor.specs)
     assert tried == [(0.001, 0.0), (0.001, 0.1), (0.003, 0.0), (0.003, 0.1)]  # each once, budget 4 not 8
+    # a trial killed with the driver continues from its state in its own working folder when rerun
+    assert all(s["overrides"]["resume_file"] == "resume.pth" for s in executor.specs)
     info = read_frozen(frozen)
     assert info["chosen"] == {"learning_rate": 0.003, "dropout_prob": 0.1} and info["trials"] == 4
     assert info["sampler"].startswith("grid")

@@ -76,7 +76,10 @@ def run_task(experiment, budget, seed, dataset, out, extra_overrides, tuned_file
     # The seed drives every seeded step of the run, the SIDs' k-means included, so the quantizers'
     # variance is part of the spread over seeds. SIDs are cached by content + config in one folder for
     # the whole suite (entries are written atomically and verified when read).
+    # A killed run started again (a resumed suite) continues from its last validation: resume.pth lies
+    # in the run's own working folder (its cwd), see recbole_psrq/resume.py.
     overrides = {"torch_threads": 1, "sid_cache_dir": os.path.join(out, "runs", "sid_cache"),
+                 "resume_file": "resume.pth",
                  **BUDGETS[budget], **extra_overrides, **experiment.overrides, "seed": seed, "sid_seed": seed}
     argv = [os.path.join(PROJECT_ROOT, "run_recbole_psrq.py"), f"--model={experiment.model}",
             f"--dataset={dataset}"]

@@ -154,6 +154,8 @@ def tune(jobs, executor=None, log=print):
                 round_trials.append((st, trial, values, recorded))
                 if recorded is None:
                     spec = st.spec(values)
+                    # a trial killed with the driver continues from its last validation when rerun
+                    spec["overrides"]["resume_file"] = "resume.pth"
                     task = Task(key=f"{st.job.name} trial {trial.number}",
                                 argv=("-m", "recbole_psrq.tune.trial", "--spec", json.dumps(spec)),
                                 workdir=os.path.join(st.job.folder, "work", f"trial{trial.number:03d}"))

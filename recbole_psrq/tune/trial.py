@@ -91,8 +91,7 @@ def train_and_validate(model, dataset=None, config_files=(), overrides=None, sho
 
     state = "complete"
     try:
-        trainer.fit(train_data, valid_data, saved=False, show_progress=config["show_progress"],
-                    callback_fn=after_validation)
+        quick_start._fit(config, trainer, train_data, valid_data, saved=False, callback_fn=after_validation)
     except Pruned:
         state = "pruned"
         logger.info(f"trial pruned after epoch {curve[-1][0]}: validation {config['valid_metric']} "
@@ -101,6 +100,8 @@ def train_and_validate(model, dataset=None, config_files=(), overrides=None, sho
         raise PSRQError("The trial ran no validation (eval_step 0 or epochs 0); tuning selects on "
                         "validation, so set eval_step >= 1.")
     best = max(s for _, s in curve) if config["valid_metric_bigger"] else min(s for _, s in curve)
+    if config["resume_file"] and os.path.exists(config["resume_file"]):
+        os.remove(config["resume_file"])
     return {"model": config["model"], "dataset": config["dataset"], "seed": config["seed"],
             "state": state, "valid_metric": config["valid_metric"].lower(),
             "valid_metric_bigger": bool(config["valid_metric_bigger"]), "valid_curve": curve,
