@@ -114,6 +114,8 @@ def test_a_trial_never_builds_the_test_dataloader_nor_reports_test_metrics(workd
     from recbole.data.dataset import Dataset
     from recbole.trainer import Trainer
 
+    import recbole_psrq.evaluation  # noqa: F401 -- its patches of build/evaluate go under the spies, or
+    # they would be installed on top of them here and undone with them (then lost for later tests)
     from recbole_psrq.tune.trial import train_and_validate
 
     splits, wrapped, evaluated = [], [], []
