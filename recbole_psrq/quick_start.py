@@ -337,6 +337,7 @@ def _run(config, saved, ddp, data_preparation, get_trainer, init_seed):
         "test_result": _plain(test_result),
         "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,
         "log_file": log_file,
+        "resumed": getattr(trainer, "resumed", None),  # set by recbole_psrq.resume (resume_file)
     }
     if ddp is not None:
         result["distributed"] = {"world_size": ddp.world_size, "backend": ddp.backend,

@@ -12,6 +12,7 @@ never mixed in. Only RecBole's own ``Trainer.fit`` loop is resumable, in one pro
 """
 import os
 import random
+import time
 from logging import getLogger
 
 import numpy as np
@@ -43,15 +44,22 @@ def fit(trainer, train_data, valid_data, resume_file, saved=True, show_progress=
     file holds the state of this same run, continues from it. ``callback_fn(epoch, score)`` sees every
     validation once per process: on resuming, the saved ones are replayed to it first, in order (so a
     callback that builds a curve or asks a pruner ends up as in an uninterrupted run). Returns what
-    ``Trainer.fit`` returns."""
+    ``Trainer.fit`` returns, and sets ``trainer.resumed``: None, or ``{"from_epoch", "earlier_seconds"}``
+    (the training time the earlier processes spent up to their last saved validation, so that a resumed
+    run's cost can be reported whole)."""
+    started = time.time()
     run_signature = signature(trainer.config, trainer.model, train_data)
     _save_checkpoints_atomically(trainer)
     curve = []
     finished = False
+    earlier_seconds = 0.0
+    trainer.resumed = None
     state = load(resume_file, run_signature, trainer.device)
     if state is not None:
         curve = [list(point) for point in state["valid_curve"]]
         finished = state["finished"]
+        earlier_seconds = state["seconds"]
+        trainer.resumed = {"from_epoch": state["epoch"] + 1, "earlier_seconds": round(earlier_seconds, 1)}
         _restore(trainer, train_data, valid_data, state)
         getLogger().info(f"resumed from {resume_file}: epochs 0-{state['epoch']} were trained before "
                          f"({len(curve)} validations); next epoch {trainer.start_epoch}"
@@ -63,7 +71,8 @@ def fit(trainer, train_data, valid_data, resume_file, saved=True, show_progress=
     def after_validation(epoch, score):
         curve.append([int(epoch), float(score)])
         stopped = trainer.cur_step > trainer.stopping_step or epoch + 1 >= trainer.epochs
-        _save(resume_file, trainer, train_data, valid_data, run_signature, epoch, curve, stopped)
+        seconds = earlier_seconds + time.time() - started
+        _save(resume_file, trainer, train_data, valid_data, run_signature, epoch, curve, stopped, seconds)
         if callback_fn is not None:
             callback_fn(epoch, score)
 
@@ -108,9 +117,9 @@ def _differences(saved, current, shown=5):
     return found[:shown] + ([f"and {len(found) - shown} more"] if len(found) > shown else [])
 
 
-def _save(path, trainer, train_data, valid_data, run_signature, epoch, curve, finished):
+def _save(path, trainer, train_data, valid_data, run_signature, epoch, curve, finished, seconds):
     state = {
-        "format": FORMAT, "signature": run_signature,
+        "format": FORMAT, "signature": run_signature, "seconds": float(seconds),
         "epoch": int(epoch), "finished": bool(finished), "valid_curve": curve,
         "cur_step": trainer.cur_step, "best_valid_score": trainer.best_valid_score,
         "best_valid_result": trainer.best_valid_result, "saved_model_file": trainer.saved_model_file,

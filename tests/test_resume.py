@@ -33,8 +33,8 @@ def _settings(data_path, model, **extra):
 def _kill_after_saving(monkeypatch, epoch):
     save = resume._save
 
-    def save_then_die(path, trainer, train_data, valid_data, run_signature, saved_epoch, curve, finished):
-        save(path, trainer, train_data, valid_data, run_signature, saved_epoch, curve, finished)
+    def save_then_die(path, trainer, train_data, valid_data, run_signature, saved_epoch, *rest):
+        save(path, trainer, train_data, valid_data, run_signature, saved_epoch, *rest)
         if saved_epoch == epoch:
             raise Killed()
     monkeypatch.setattr(resume, "_save", save_then_die)
@@ -77,6 +77,8 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(model, tiny_da
     assert f"resumed from {state}: epochs 0-1 were trained before (2 validations); next epoch 2" in log
     assert "epoch 1 training" not in log and "epoch 2 training" in log and "epoch 3 training" in log
     assert not os.path.exists(state)  # a finished run leaves no state behind
+    assert uninterrupted["resumed"] is None
+    assert resumed["resumed"]["from_epoch"] == 2 and resumed["resumed"]["earlier_seconds"] > 0
     assert not glob.glob(str(workdir / "saved" / "*.tmp"))
 
 
@@ -157,6 +159,7 @@ def test_a_killed_tuning_trial_resumes_with_its_whole_curve(tiny_data_path, work
                                             should_stop=should_stop)
     assert resumed["valid_curve"] == uninterrupted["valid_curve"] and len(resumed["valid_curve"]) == 4
     assert asked == first_run  # replayed 0-1, then trained 2-3
+    assert resumed["resumed"]["from_epoch"] == 2 and uninterrupted["resumed"] is None
     assert resumed["best_valid_score"] == uninterrupted["best_valid_score"]
     assert not os.path.exists("t.pth")
 
@@ -167,3 +170,23 @@ def test_the_benchmark_gives_every_run_and_trial_a_state_in_its_own_folder():
 
     _, task = run_task(Experiment("T2", "DIN", "DIN"), "converge", 3, "synthetic_music", "out", {})
     assert "--resume_file=resume.pth" in task.argv and task.workdir.endswith("seed3.work")
+
+
+def test_a_resumed_runs_record_counts_the_training_time_of_its_earlier_processes():
+    from recbole_psrq.benchmark.runner import make_record, run_task
+    from recbole_psrq.benchmark.suites import Experiment
+    from recbole_psrq.tune.study import _trial_record
+
+    experiment = Experiment("T2", "DIN", "DIN")
+    _, task = run_task(experiment, "converge", 3, "synthetic_music", "out", {})
+    resumed = {"from_epoch": 7, "earlier_seconds": 120.5}
+    result = {"test_result": {"auc": 0.7}, "best_valid_result": {"auc": 0.71}, "log_file": "run.log"}
+    record = make_record(experiment, "converge", 3, task, {"wall": 30.0, "result": {**result, "resumed": resumed}})
+    assert record["wall_seconds"] == 150.5 and record["resumed"] == resumed
+    assert make_record(experiment, "converge", 3, task, {"wall": 30.0, "result": result})["wall_seconds"] == 30.0
+
+    trial = {"state": "complete", "valid_curve": [[0, 0.7]], "best_valid_score": 0.7,
+             "best_valid_result": {"auc": 0.7}, "valid_metric": "auc", "log_file": None, "resumed": resumed}
+    spec = {"overrides": {"learning_rate": 0.001}}
+    recorded = _trial_record(0, {}, spec, task, {"ok": True, "wall": 30.0, "result": trial})
+    assert recorded["wall_seconds"] == 150.5 and recorded["resumed"] == resumed

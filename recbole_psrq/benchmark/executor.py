@@ -62,6 +62,13 @@ def run_task(task):
     return outcome
 
 
+def earlier_seconds(result):
+    """The training time a resumed run or trial spent in the processes before the last one, up to their
+    last saved validation (0 when it was not resumed): added to the last process's wall time, a record's
+    time is what the run cost, less the work redone after a kill."""
+    return ((result or {}).get("resumed") or {}).get("earlier_seconds", 0.0)
+
+
 class LocalExecutor:
     """Runs tasks in ``jobs`` concurrent processes on this machine."""
 

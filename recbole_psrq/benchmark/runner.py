@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 
-from recbole_psrq.benchmark.executor import LocalExecutor, Task
+from recbole_psrq.benchmark.executor import LocalExecutor, Task, earlier_seconds
 from recbole_psrq.benchmark.suites import BUDGETS
 from recbole_psrq.errors import ConfigError
 from recbole_psrq.io import atomic_open
@@ -95,7 +95,8 @@ def run_task(experiment, budget, seed, dataset, out, extra_overrides, tuned_file
 def make_record(experiment, budget, seed, task, outcome, tuned_file=None):
     result = outcome["result"]
     return {"model": experiment.model, "overrides": experiment.overrides, "budget": budget,
-            "seed": seed, "wall_seconds": outcome["wall"], "test_result": result["test_result"],
+            "seed": seed, "wall_seconds": outcome["wall"] + earlier_seconds(result),
+            "resumed": result.get("resumed"), "test_result": result["test_result"],
             "best_valid_result": result["best_valid_result"], "protocol": result.get("protocol_checks"),
             "tuned": shown_path(tuned_file) if tuned_file else None,
             "git": git_state(), "command": " ".join(task.argv),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from recbole_psrq.benchmark.executor import LocalExecutor, Task
+from recbole_psrq.benchmark.executor import LocalExecutor, Task, earlier_seconds
 from recbole_psrq.errors import ConfigError
 from recbole_psrq.io import atomic_open
 
@@ -181,6 +181,8 @@ def _trial_record(number, values, spec, task, outcome):
         result = outcome["result"]
         record.update({k: result[k] for k in ("state", "valid_curve", "best_valid_score",
                                               "best_valid_result", "valid_metric")})
+        record["resumed"] = result.get("resumed")
+        record["wall_seconds"] += earlier_seconds(result)
         record["log_file"] = os.path.join(task.workdir, result["log_file"]) if result.get("log_file") else None
     else:
         record["error"] = outcome["tail"]

@@ -65,7 +65,8 @@ def train_and_validate(model, dataset=None, config_files=(), overrides=None, sho
     """Train ``model`` with early stopping on validation (never touching the test split). ``should_stop
     (epoch, score)`` is asked after every validation; True stops the trial as pruned. Returns the
     validation record: ``state`` (complete | pruned), ``valid_curve`` ([[epoch, score], ...]),
-    ``best_valid_score``, ``best_valid_result``, ``valid_metric``, ``run_id``, ``log_file``, ``seed``."""
+    ``best_valid_score``, ``best_valid_result``, ``valid_metric``, ``run_id``, ``log_file``, ``seed``,
+    ``resumed`` (see :func:`recbole_psrq.resume.fit`)."""
     from recbole.utils import get_trainer, init_seed
 
     from recbole_psrq import quick_start
@@ -107,7 +108,7 @@ def train_and_validate(model, dataset=None, config_files=(), overrides=None, sho
             "valid_metric_bigger": bool(config["valid_metric_bigger"]), "valid_curve": curve,
             "best_valid_score": best,
             "best_valid_result": quick_start._plain(trainer.best_valid_result),
-            "run_id": run_id, "log_file": log_file}
+            "run_id": run_id, "log_file": log_file, "resumed": getattr(trainer, "resumed", None)}
 
 
 def pruning_rule(spec):
