@@ -190,3 +190,21 @@ def test_a_resumed_runs_record_counts_the_training_time_of_its_earlier_processes
     spec = {"overrides": {"learning_rate": 0.001}}
     recorded = _trial_record(0, {}, spec, task, {"ok": True, "wall": 30.0, "result": trial})
     assert recorded["wall_seconds"] == 150.5 and recorded["resumed"] == resumed
+
+
+def test_the_suite_log_shows_a_resumed_runs_whole_time(tmp_path):
+    from recbole_psrq.benchmark.runner import run_all
+    from recbole_psrq.benchmark.suites import Experiment
+
+    result = {"test_result": {"auc": 0.7}, "best_valid_result": {"auc": 0.71}, "log_file": "run.log",
+              "resumed": {"from_epoch": 7, "earlier_seconds": 120.0}}
+
+    class Finished:
+        def map(self, tasks):
+            return [(task, {"ok": True, "wall": 30.0, "result": result}) for task in tasks]
+
+    lines = []
+    records, failed = run_all([(Experiment("T2", "DIN", "DIN"), "converge", 3)], "synthetic_music",
+                              str(tmp_path), {}, lines.append, Finished())
+    assert not failed and [r["wall_seconds"] for r in records.values()] == [150.0]
+    assert [line for line in lines if line.startswith("done")][0].split(": ")[0].endswith(" in 150s")

@@ -141,7 +141,7 @@ def run_all(units, dataset, out, extra_overrides, log, executor, tuned=None):
         with atomic_open(path, "w") as f:  # only a finished run leaves a record: a killed one is rerun
             json.dump(record, f, indent=2)
         records[pending[task]] = record
-        log(f"done   {task.key} in {outcome['wall']:.0f}s: {_short(record['test_result'])}")
+        log(f"done   {task.key} in {record['wall_seconds']:.0f}s: {_short(record['test_result'])}")
     return records, failed
 
 
