@@ -383,3 +383,14 @@ def test_a_changed_budget_gives_new_runs(monkeypatch):
     before = run_path("o", "early_stop", din, 0, "synthetic_music")
     monkeypatch.setitem(runner.BUDGETS, "early_stop", {"epochs": 50, "stopping_step": 2})
     assert run_path("o", "early_stop", din, 0, "synthetic_music") != before
+
+
+def test_a_record_command_names_paths_relative_to_the_repository():
+    from recbole_psrq.benchmark.runner import shown_arg
+    from recbole_psrq.quick_start import PROJECT_ROOT
+
+    inside = os.path.join(PROJECT_ROOT, "results", "x", "tuned.yaml")
+    assert shown_arg(os.path.join(PROJECT_ROOT, "run_recbole_psrq.py")) == "run_recbole_psrq.py"
+    assert shown_arg(f"--config_files={inside}") == "--config_files=results/x/tuned.yaml"
+    assert shown_arg("--seed=0") == "--seed=0"
+    assert shown_arg("--learning_rate=1e-3") == "--learning_rate=1e-3"

@@ -20,6 +20,15 @@ def shown_path(path):
     return os.path.relpath(path, PROJECT_ROOT) if inside else path
 
 
+def shown_arg(arg):
+    """A command-line argument with its absolute path (``/x/y`` or ``--key=/x/y``) made relative to the
+    repository, so a committed record names no machine's folders."""
+    key, sep, value = arg.rpartition("=") if arg.startswith("--") else ("", "", arg)
+    if not os.path.isabs(value):
+        return arg
+    return f"{key}{sep}{os.path.relpath(value, PROJECT_ROOT)}"
+
+
 def run_key(experiment):
     """Runs shared between tables (e.g. DIN in T2/T3/T4) are trained once."""
     parts = [experiment.model] + [f"{k}={v}" for k, v in sorted(experiment.overrides.items())]
@@ -99,8 +108,8 @@ def make_record(experiment, budget, seed, task, outcome, tuned_file=None):
             "resumed": result.get("resumed"), "test_result": result["test_result"],
             "best_valid_result": result["best_valid_result"], "protocol": result.get("protocol_checks"),
             "tuned": shown_path(tuned_file) if tuned_file else None,
-            "git": git_state(), "command": " ".join(task.argv),
-            "log_file": os.path.join(task.workdir, result["log_file"])}
+            "git": git_state(), "command": " ".join(shown_arg(a) for a in task.argv),
+            "log_file": shown_path(os.path.join(task.workdir, result["log_file"]))}
 
 
 def run_one(experiment, budget, seed, dataset, out, extra_overrides, log, tuned_file=None):
