@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import signal
@@ -86,8 +87,20 @@ def test_report_has_mean_std_and_paired_ttest_against_the_baseline(tmp_path, mon
     assert "| DeepFM | logloss | 3 | Δ +0.0000 [0.0000, 0.0000] | p=– | p_Holm=– | not testable |" in md
     assert "Holm family of this table: m = 1 comparisons" in md
     assert "Git commit:" in md and "recbole 1.2.1" in md
-    rows = (tmp_path / "results.csv").read_text().splitlines()
-    assert len(rows) == 1 + 6
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["statistic"] for r in rows] == ["run"] * 6 + ["mean", "std"] * 2 + [
+        "diff", "ci_low", "ci_high", "p", "p_holm", "pairs"]  # no claimed row in the smoke suite
+    deepfm_runs = [r for r in rows if r["name"] == "DeepFM" and r["statistic"] == "run"]
+    assert [(int(r["seed"]), float(r["auc"])) for r in deepfm_runs] == list(enumerate(deepfm))
+    figure = {(r["name"], r["statistic"]): r for r in rows if r["statistic"] != "run"}
+    assert float(figure[("DeepFM", "mean")]["auc"]) == pytest.approx(np.mean(deepfm))
+    assert float(figure[("DIN", "std")]["auc"]) == pytest.approx(np.std(din, ddof=1))
+    assert figure[("DeepFM", "diff")]["versus"] == "DIN" and figure[("DeepFM", "diff")]["family"] == "baseline"
+    assert float(figure[("DeepFM", "diff")]["auc"]) == pytest.approx(d.mean())
+    assert float(figure[("DeepFM", "ci_low")]["auc"]) == pytest.approx(d.mean() - half)
+    assert float(figure[("DeepFM", "p_holm")]["auc"]) == pytest.approx(p)
+    assert figure[("DeepFM", "p")]["logloss"] == "" and figure[("DeepFM", "pairs")]["auc"] == "3"
     assert "\\begin{tabular}" in (tmp_path / "results.tex").read_text()
     # one panel (only auc has values): figsize 5 x 3.5 in at 110 dpi; one bar per model, baseline grey
     assert png_size(tmp_path / "metrics_T2.png") == (550, 385)
@@ -205,6 +218,21 @@ def test_runs_scored_on_different_test_rows_are_refused_in_one_table(tmp_path, c
     out = capsys.readouterr().out
     assert "different test rows" in out and "DIN seed 0" in out and "DeepFM seed 1" in out
     assert not (tmp_path / "results.md").exists()
+
+
+def test_a_claim_across_tables_is_refused_when_the_tables_were_scored_on_different_rows():
+    from recbole_psrq.benchmark.checks import IntegrityError, check_same_test_rows
+
+    def by_exp(t3_digest):  # every table agrees within itself; T3 may differ from T4
+        runs = {("T3", "DIN"): t3_digest, ("T3", "DIN+PSRQ"): t3_digest, ("T4", "DIN"): "d" * 64,
+                ("T4", "PSRQ+MCCA"): "d" * 64}
+        return {("converge", t, n): {0: {"protocol": {"test_digest": digest}}} for (t, n), digest in runs.items()}
+
+    check_same_test_rows(by_exp("d" * 64), SUITES["mcca"])
+    # only the claim T4 PSRQ+MCCA vs T3 DIN+PSRQ compares the two tables: the per-table rule cannot see this
+    with pytest.raises(IntegrityError, match=r"T4's claim is tested against T3 \(budget converge\).*T4 DIN seed 0 "
+                                             r"has test digest dddddddddddd….*T3 DIN seed 0 has eeeeeeeeeeee"):
+        check_same_test_rows(by_exp("e" * 64), SUITES["mcca"])
 
 
 def test_a_ctr_run_without_a_test_digest_is_refused(tmp_path, capsys):

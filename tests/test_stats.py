@@ -1,14 +1,16 @@
 """The benchmark's statistics (``recbole_psrq.benchmark.stats``) and how results.md / results.tex show them:
 Holm adjustment, paired-t confidence intervals, pairing by seed, the Holm family (floors excluded) and
 the tuning section."""
+import csv
 import warnings
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from recbole_psrq.benchmark.report import write_latex, write_markdown
-from recbole_psrq.benchmark.stats import MetricStats, holm, paired_difference, paired_ttest, summarize
+from recbole_psrq.benchmark.report import write_csv, write_latex, write_markdown
+from recbole_psrq.benchmark.stats import (MetricStats, compare_claims, holm, paired_difference, paired_ttest,
+                                         summarize)
 from recbole_psrq.benchmark.suites import Experiment
 
 ENV = {"git_commit": "0" * 40, "date": "today", "python": "3.11", "packages": {"recbole": "1.2.1"}}
@@ -236,3 +238,102 @@ def test_metric_stats_fields():
     assert MetricStats._fields == ("mean", "std", "diff", "ci_low", "ci_high", "p", "p_holm", "n_paired")
     base = MetricStats(0.7, 0.01)
     assert np.isnan(base.diff) and np.isnan(base.p_holm) and base.n_paired == 0
+
+
+# --- the table's claim --------------------------------------------------------------------------------
+
+CLAIM_SUITE = T2 + [Experiment("T2", "PSRQ+MCCA", "MCCA"),
+                    Experiment("T3", "DIN", "DIN"), Experiment("T3", "DIN+PSRQ", "DIN"),
+                    Experiment("T4", "DIN", "DIN"), Experiment("T4", "MCCA w/o MSC", "MCCA"),
+                    Experiment("T4", "PSRQ+MCCA", "MCCA")]
+
+
+def _claim_records():
+    din = {0: 0.70, 1: 0.71, 2: 0.69}
+    values = {"DIN": din, "DeepFM": {0: 0.72, 1: 0.74, 2: 0.715}, "WideDeep": {0: 0.76, 1: 0.75, 2: 0.74},
+              "Floor: popularity": {0: 0.55, 1: 0.55, 2: 0.55}, "PSRQ+MCCA": {0: 0.78, 1: 0.77, 2: 0.75},
+              "DIN+PSRQ": {0: 0.79, 1: 0.775, 2: 0.76}, "MCCA w/o MSC": {0: 0.775, 1: 0.772, 2: 0.745}}
+    by_exp = {("one_epoch", e.table, e.name): _records(values[e.name]) for e in CLAIM_SUITE}
+    return by_exp, values
+
+
+def test_each_tables_claimed_row_is_tested_against_every_other_row_in_a_holm_family_of_its_own():
+    by_exp, v = _claim_records()
+    claims = compare_claims(by_exp, CLAIM_SUITE, ["one_epoch"])
+    t2 = [e for e in claims if e["table"] == "T2"]
+    # every other row of T2, in the suite's order; Δ = PSRQ+MCCA − row
+    assert [e["versus"] for e in t2] == ["DIN", "DeepFM", "WideDeep", "Floor: popularity"]
+    assert all(e["name"] == "PSRQ+MCCA" and e["versus_table"] == "T2" for e in t2)
+    mcca = list(v["PSRQ+MCCA"].values())
+    raw = [stats.ttest_rel(mcca, list(v[n].values())).pvalue for n in ("DIN", "DeepFM", "WideDeep")]
+    for e, p, p_holm in zip(t2, raw, holm(raw)):  # m = 3: the floor is described, not tested
+        auc = e["metrics"]["auc"]
+        diff, low, high = paired_difference(mcca, list(v[e["versus"]].values()))
+        assert (auc.diff, auc.ci_low, auc.ci_high) == pytest.approx((diff, low, high))
+        assert auc.p == pytest.approx(p) and auc.p_holm == pytest.approx(p_holm) and auc.n_paired == 3
+    assert t2[0]["metrics"]["auc"].diff == pytest.approx(0.0667, abs=1e-4)  # the sign: claimed − other
+    floor = t2[3]
+    assert floor["is_floor"] and np.isnan(floor["metrics"]["auc"].p) and np.isnan(floor["metrics"]["auc"].p_holm)
+    # the baseline comparisons keep their own family: DeepFM vs DIN is adjusted over T2's 3 non-baseline
+    # models, not together with the claim's comparisons
+    rows = summarize(by_exp, CLAIM_SUITE, ["one_epoch"], [0, 1, 2])
+    base_raw = [next(r for r in rows if (r["table"], r["name"]) == ("T2", n))["metrics"]["auc"].p
+                for n in ("DeepFM", "WideDeep", "PSRQ+MCCA")]
+    assert next(r for r in rows if (r["table"], r["name"]) == ("T2", "DeepFM"))["metrics"]["auc"].p_holm == \
+        pytest.approx(holm(base_raw)[0])
+
+
+def test_t4s_claim_is_also_tested_against_din_with_the_same_sids_from_table_3():
+    by_exp, v = _claim_records()
+    t4 = [e for e in compare_claims(by_exp, CLAIM_SUITE, ["one_epoch"]) if e["table"] == "T4"]
+    assert [(e["versus_table"], e["versus"]) for e in t4] == [("T4", "DIN"), ("T4", "MCCA w/o MSC"),
+                                                              ("T3", "DIN+PSRQ")]
+    cross = t4[2]["metrics"]["auc"]
+    assert cross.diff == pytest.approx(np.mean(np.subtract([0.78, 0.77, 0.75], [0.79, 0.775, 0.76])))
+    raw = [e["metrics"]["auc"].p for e in t4]
+    assert [e["metrics"]["auc"].p_holm for e in t4] == pytest.approx(holm(raw))  # m = 3, T4's own family
+    t3 = [e for e in compare_claims(by_exp, CLAIM_SUITE, ["one_epoch"]) if e["table"] == "T3"]
+    assert [(e["name"], e["versus"]) for e in t3] == [("DIN+PSRQ", "DIN")]
+    # without Table 3 in the suite there is nothing to compare across; without the claimed row, no claim
+    no_t3 = [e for e in CLAIM_SUITE if e.table != "T3"]
+    assert [e["versus"] for e in compare_claims(by_exp, no_t3, ["one_epoch"]) if e["table"] == "T4"] == \
+        ["DIN", "MCCA w/o MSC"]
+    assert compare_claims(by_exp, T2, ["one_epoch"]) == []
+
+
+def test_results_md_and_csv_show_the_claim_with_its_own_family(tmp_path):
+    by_exp, v = _claim_records()
+    suite = CLAIM_SUITE[:5]  # T2 only
+    rows = summarize(by_exp, suite, ["one_epoch"], [0, 1, 2])
+    claims = compare_claims(by_exp, suite, ["one_epoch"])
+    write_markdown(tmp_path / "results.md", rows, "cmd", ENV, "d", [0, 1, 2], [], claims=claims)
+    md = (tmp_path / "results.md").read_text()
+    deepfm = claims[1]["metrics"]["auc"]
+    assert "The claim: **PSRQ+MCCA** against every other row (Δ = PSRQ+MCCA − row" in md
+    assert (f"| DeepFM | auc | 3 | Δ {deepfm.diff:+.4f} [{deepfm.ci_low:.4f}, {deepfm.ci_high:.4f}] "
+            f"| p={deepfm.p:.3g} | p_Holm={deepfm.p_holm:.3g} |") in md
+    f_diff, f_low, f_high = paired_difference([0.78, 0.77, 0.75], [0.55] * 3)
+    assert (f"| Floor: popularity | auc | 3 | Δ {f_diff:+.4f} [{f_low:.4f}, {f_high:.4f}] | p=– | p_Holm=– "
+            "| reference (not tested) |") in md
+    assert "Holm family of this claim: m = 3 comparisons" in md
+    verdicts = {e["versus"]: ("better" if e["metrics"]["auc"].p_holm < 0.05 else "n.s.") for e in claims[:3]}
+    assert "better" in verdicts.values() and "n.s." in verdicts.values()  # the summary line has both
+    summary = next(line for line in md.splitlines()
+                   if line.startswith("On `auc` (verdicts at p_Holm < 0.05), PSRQ+MCCA is "))
+    for name, verdict in verdicts.items():
+        assert (f"better than" if verdict == "better" else "n.s. against") in summary and name in summary
+    # results.csv holds the same figures: claim rows are name = claimed row, versus = the other row
+    records = [{"table": t, "name": n, "model": "M", "overrides": {}, "budget": b, "seed": s, **r}
+               for (b, t, n), by_seed in by_exp.items() if t == "T2" for s, r in by_seed.items()]
+    write_csv(tmp_path / "results.csv", records, rows, claims)
+    with open(tmp_path / "results.csv") as f:
+        lines = list(csv.DictReader(f))
+    claim = {(r["versus"], r["statistic"]): r for r in lines if r["family"] == "claim"}
+    assert {r["name"] for r in lines if r["family"] == "claim"} == {"PSRQ+MCCA"}
+    assert float(claim[("DeepFM", "diff")]["auc"]) == pytest.approx(deepfm.diff)
+    assert float(claim[("DeepFM", "p_holm")]["auc"]) == pytest.approx(deepfm.p_holm)
+    assert claim[("Floor: popularity", "p")]["auc"] == "" and claim[("DeepFM", "pairs")]["auc"] == "3"
+    assert [r["statistic"] for r in lines if (r["versus"], r["family"]) == ("DIN", "claim")] == [
+        "diff", "ci_low", "ci_high", "p", "p_holm", "pairs"]
+    mean = next(r for r in lines if (r["name"], r["statistic"]) == ("WideDeep", "mean"))
+    assert float(mean["auc"]) == pytest.approx(0.75) and mean["wall_seconds"] == "1.0" and mean["seed"] == ""

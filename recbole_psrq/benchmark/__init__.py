@@ -7,12 +7,13 @@ local --jobs N``, or ``ray``); its result JSON is kept under ``<out>/runs/`` and
 rerun, so a killed suite resumes where it stopped. With ``--tune N`` every trainable experiment is first
 tuned on validation with the same N trials (:mod:`recbole_psrq.tune`) and its seeds run the frozen
 configuration.
-Budgets: ``one_epoch`` (the paper trains 1 epoch) and ``early_stop`` (up to 20 epochs, stopped
-on the validation metric). Model selection uses validation only; test metrics are only read.
-Outputs in ``<out>``: ``results.csv`` (one row per run), ``results.md`` and ``results.tex`` (mean ± std
-over seeds; the paired difference to the table's baseline with its 95% CI, raw and Holm-adjusted p-values
-per table; the tuning budget, space and chosen values; wall time), ``tuned/`` (the frozen configurations),
-PNG plots, and the command, git commit and package versions that produced them.
+Budgets: ``one_epoch`` (the paper trains 1 epoch), ``early_stop`` (up to 20 epochs, stopped on the
+validation metric) and ``converge`` (up to 200, patience 5). Model selection uses validation only; test
+metrics are only read. Outputs in ``<out>``: ``results.md`` and ``results.tex`` (mean ± std over seeds;
+the paired difference to the table's baseline, and the table's claimed row against every other row, each
+with its 95% CI, raw and Holm-adjusted p-values; the tuning budget, space and chosen values; wall time),
+``results.csv`` (every run and every one of those figures), ``tuned/`` (the frozen configurations), PNG
+plots, and the command, git commit and package versions that produced them.
 """
 # Modules: suites (experiments, budgets, metrics), executor (tasks; the local process pool), ray_executor,
 # runner (runs through an executor, resume), tuning (the --tune stage), stats (mean ± std, paired CIs,

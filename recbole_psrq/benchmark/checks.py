@@ -1,5 +1,7 @@
-"""What the benchmark refuses to report: CTR runs of one table scored on different test rows, and
-results made from (or aggregated in) a tree with uncommitted changes unless ``--allow-dirty``."""
+"""What the benchmark refuses to report: CTR runs of one table (or of two tables a claim compares) scored on
+different test rows, and results made from (or aggregated in) a tree with uncommitted changes unless
+``--allow-dirty``."""
+from recbole_psrq.benchmark.suites import CLAIM_ALSO_VERSUS
 from recbole_psrq.errors import PSRQError
 
 
@@ -30,6 +32,17 @@ def check_same_test_rows(records_by_exp, suite):
                     f"{first[0]} seed {first[1]} has test digest {first[2][:12]}…, {other[0]} seed {other[1]} "
                     f"has {other[2][:12]}…. Every model of a table must be built from the same dataset and "
                     "protocol settings (same dataset files, split, history_min_length...).")
+    # a claim tested across tables (T4's PSRQ+MCCA against T3's DIN+PSRQ) needs the same rows in both
+    tables = _table_runs(records_by_exp)
+    for (budget, table), runs in tables.items():
+        for other_table, _ in CLAIM_ALSO_VERSUS.get(table, []):
+            other = tables.get((budget, other_table))
+            if other and other[0][2] != runs[0][2]:
+                raise IntegrityError(
+                    f"{table}'s claim is tested against {other_table} (budget {budget}), but they were scored "
+                    f"on different test rows: {table} {runs[0][0]} seed {runs[0][1]} has test digest "
+                    f"{runs[0][2][:12]}…, {other_table} {other[0][0]} seed {other[0][1]} has {other[0][2][:12]}…. "
+                    "Run both tables from the same dataset and protocol settings.")
 
 
 def _table_runs(records_by_exp):

@@ -13,7 +13,7 @@ from recbole_psrq.benchmark.checks import IntegrityError, check_same_test_rows, 
 from recbole_psrq.benchmark.runner import (EXECUTORS, collect_runs, git_state, make_executor, run_key,
                                            shown_path)
 from recbole_psrq.benchmark.tuning import training_free, tune_suite
-from recbole_psrq.benchmark.stats import summarize
+from recbole_psrq.benchmark.stats import compare_claims, summarize
 from recbole_psrq.benchmark.suites import BUDGETS, SUITES
 from recbole_psrq.errors import PSRQError
 
@@ -117,10 +117,11 @@ def main(argv=None):
               "says so).")
         return 2
     rows = summarize(records_by_exp, suite, budgets, seeds)
+    claims = compare_claims(records_by_exp, suite, budgets)
     env = environment(tree)
     write_markdown(os.path.join(out, "results.md"), rows, command, env, args.dataset, seeds, missing,
-                   not_clean, tuning=tuning)
-    write_csv(os.path.join(out, "results.csv"), records)
+                   not_clean, tuning=tuning, claims=claims)
+    write_csv(os.path.join(out, "results.csv"), records, rows, claims)
     write_latex(os.path.join(out, "results.tex"), rows)
     plots = plot_metrics(out, rows)
     drift = plot_sid_drift(out, args.dataset)

@@ -10,6 +10,10 @@ import numpy as np
 from recbole_psrq.benchmark.suites import (BASELINES, BUDGETS, CTR_METRICS, SMALLER_IS_BETTER, TABLE_TITLES,
                                            TOPK_METRICS)
 
+# results.csv's comparison rows: (statistic, MetricStats field)
+COMPARISON_FIELDS = [("diff", "diff"), ("ci_low", "ci_low"), ("ci_high", "ci_high"), ("p", "p"),
+                     ("p_holm", "p_holm"), ("pairs", "n_paired")]
+
 
 def environment(tree):
     """Python, package versions, date and the commit of ``tree`` (:func:`runner.git_state`)."""
@@ -51,6 +55,13 @@ def _verdict(row, metric, stats):
     return "better" if better else "worse"
 
 
+def _comparison_lines(label, compared, metrics):
+    """One line per metric of a comparison (a row against the baseline, or the claimed row against it)."""
+    return [f"| {label} | {m} | {s.n_paired} | Δ {_num(s.diff, '+.4f')} [{_num(s.ci_low)}, {_num(s.ci_high)}] "
+            f"| p={_p(s.p)} | p_Holm={_p(s.p_holm)} | {_verdict(compared, m, s)} |"
+            for m in metrics if (s := compared["metrics"].get(m)) is not None]
+
+
 def _difference_table(table_rows, metrics, baseline_name):
     """The paired differences of every non-baseline row to the baseline, one line per (row, metric)."""
     compared = [r for r in table_rows if not r["is_baseline"]]
@@ -59,13 +70,7 @@ def _difference_table(table_rows, metrics, baseline_name):
              "this table's family):", "",
              "| method | metric | pairs | Δ [95% CI] | p | p_Holm | verdict |", "|---|---|---|---|---|---|---|"]
     for r in compared:
-        for m in metrics:
-            if m not in r["metrics"]:
-                continue
-            s = r["metrics"][m]
-            ci = f"[{_num(s.ci_low)}, {_num(s.ci_high)}]"
-            lines.append(f"| {r['name']} | {m} | {s.n_paired} | Δ {_num(s.diff, '+.4f')} {ci} | p={_p(s.p)} "
-                         f"| p_Holm={_p(s.p_holm)} | {_verdict(r, m, s)} |")
+        lines += _comparison_lines(r["name"], r, metrics)
     tested = [r for r in compared if not r["is_floor"]]
     m_family = sum(not np.isnan(s.p) for r in tested for s in r["metrics"].values())
     floors = [r["name"] for r in compared if r["is_floor"]]
@@ -73,6 +78,36 @@ def _difference_table(table_rows, metrics, baseline_name):
               f"metric above with a p-value, {len(tested)} row(s)" +
               (f"; floors excluded: {', '.join(floors)}" if floors else "") + ").", ""]
     return lines if compared else []
+
+
+def _versus_label(entry):
+    same_table = entry["versus_table"] == entry["table"]
+    return entry["versus"] if same_table else f"{entry['versus']} ({entry['versus_table']})"
+
+
+def _claim_table(entries, metrics):
+    """The table's claim: its claimed row against every other row, Holm-adjusted within the claim family."""
+    if not entries:
+        return []
+    claimed = entries[0]["name"]
+    lines = [f"The claim: **{claimed}** against every other row (Δ = {claimed} − row, paired by seed; "
+             "p_Holm: Holm-adjusted within this claim's family, apart from the comparisons with the baseline "
+             "above; verdict from the claimed row's side):", "",
+             "| versus | metric | pairs | Δ [95% CI] | p | p_Holm | verdict |", "|---|---|---|---|---|---|---|"]
+    for e in entries:
+        lines += _comparison_lines(_versus_label(e), e, metrics)
+    m_family = sum(not e["is_floor"] and not np.isnan(s.p) for e in entries for s in e["metrics"].values())
+    lines += ["", f"Holm family of this claim: m = {m_family} comparisons (floors described, not tested)."]
+    if metrics:
+        verdicts = {}
+        for e in entries:
+            if metrics[0] in e["metrics"] and not e["is_floor"]:
+                verdicts.setdefault(_verdict(e, metrics[0], e["metrics"][metrics[0]]), []).append(_versus_label(e))
+        parts = [f"{verdict} than {', '.join(names)}" if verdict in ("better", "worse")
+                 else f"{verdict} against {', '.join(names)}" for verdict, names in verdicts.items()]
+        if parts:
+            lines.append(f"On `{metrics[0]}` (verdicts at p_Holm < 0.05), {claimed} is " + "; ".join(parts) + ".")
+    return lines + [""]
 
 
 def _table_blocks(rows):
@@ -132,10 +167,11 @@ def _tuning_section(tuning, rows):
     return lines + [""]
 
 
-def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=(), tuning=None):
+def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=(), tuning=None, claims=()):
     """``results.md``. ``tuning``: optional {(table, experiment name): info or None} (info: trials, space,
     space_hash, chosen, best_valid {metric, score}, frozen, pruned); when None, the rows' own ``tuning``
-    entries are used if they have any."""
+    entries are used if they have any. ``claims``: :func:`stats.compare_claims`' entries, shown under
+    their table."""
     if tuning is None and any("tuning" in r for r in rows):
         tuning = {(r["table"], r["name"]): r["tuning"] for r in rows if "tuning" in r}
     lines = [f"# Benchmark results: {dataset}", "",
@@ -171,6 +207,8 @@ def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=
         lines.append("")
         lines += _cold_bucket_line(table_rows)
         lines += _difference_table(table_rows, metrics, BASELINES[table_rows[0]["table"]])
+        lines += _claim_table([e for e in claims if (e["table"], e["budget"]) == (table_rows[0]["table"], budget)],
+                              metrics)
     if tuning is not None:
         lines += _tuning_section(tuning, rows)
     if missing:
@@ -179,16 +217,43 @@ def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=
         f.write("\n".join(lines))
 
 
-def write_csv(path, records):
+def _csv_value(value):
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else value
+
+
+def write_csv(path, records, rows=(), claims=()):
+    """``results.csv``: every figure of the report. ``statistic`` ``run``: one row per run (its seed, wall
+    time and test metrics); ``mean`` / ``std``: over a row's seeds (``mean`` carries the mean wall time);
+    ``diff``, ``ci_low``, ``ci_high``, ``p``, ``p_holm``, ``pairs``: ``name`` − ``versus`` paired by seed,
+    ``family`` ``baseline`` (against the table's baseline) or ``claim`` (the table's claimed row against
+    the others; ``versus`` names another table in brackets). Empty cells: undefined (e.g. a floor's p)."""
     metric_names = sorted({m for r in records for m in r["test_result"]})
+    header = ["table", "name", "model", "overrides", "budget", "statistic", "versus", "family", "seed",
+              "wall_seconds"] + metric_names
+
+    def line(row, statistic, versus, family, metrics, field, wall=""):
+        return ([row["table"], row["name"], row["model"], "", row["budget"], statistic, versus, family, "", wall]
+                + [_csv_value(getattr(metrics[m], field)) if m in metrics else "" for m in metric_names])
+
+    def comparison(row, versus, family, metrics):
+        return [line(row, statistic, versus, family, metrics, field) for statistic, field in COMPARISON_FIELDS]
+
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["table", "name", "model", "overrides", "budget", "seed", "wall_seconds"]
-                        + metric_names)
+        writer.writerow(header)
         for r in records:
-            writer.writerow([r["table"], r["name"], r["model"], json.dumps(r["overrides"]),
-                             r["budget"], r["seed"], f"{r['wall_seconds']:.1f}"]
+            writer.writerow([r["table"], r["name"], r["model"], json.dumps(r["overrides"]), r["budget"], "run",
+                             "", "", r["seed"], f"{r['wall_seconds']:.1f}"]
                             + [r["test_result"].get(m, "") for m in metric_names])
+        for row in rows:
+            writer.writerow(line(row, "mean", "", "", row["metrics"], "mean", f"{row['wall']:.1f}"))
+            writer.writerow(line(row, "std", "", "", row["metrics"], "std"))
+            if not row["is_baseline"]:
+                writer.writerows(comparison(row, BASELINES[row["table"]], "baseline", row["metrics"]))
+        models = {(r["table"], r["name"]): r["model"] for r in rows}
+        for e in claims:
+            row = {**e, "model": models.get((e["table"], e["name"]), "")}
+            writer.writerows(comparison(row, _versus_label(e), "claim", e["metrics"]))
 
 
 def write_latex(path, rows):

@@ -10,12 +10,18 @@ against the table's baseline that has a p-value, over all the table's metrics. F
 model name ends with ``Floor``) are reference rows: they are training-free (std 0 over seeds), so they get
 a difference and its interval but no p-value and are not in the family (testing them would only inflate
 the family and weaken every other comparison).
+
+A table's claim (:data:`suites.CLAIMS`, e.g. "PSRQ+MCCA beats every baseline") is tested apart from the
+baseline comparisons: the claimed row against every other row of its table (and the rows of other tables
+named in :data:`suites.CLAIM_ALSO_VERSUS`), Δ = claimed − other, paired by seed, Holm-adjusted within that
+claim family (per table and budget; floors again described, not tested).
 """
 from typing import NamedTuple
 
 import numpy as np
 
-from recbole_psrq.benchmark.suites import BASELINES, COLD_BUCKETS, CTR_METRICS, TOPK_METRICS
+from recbole_psrq.benchmark.suites import (BASELINES, CLAIM_ALSO_VERSUS, CLAIMS, COLD_BUCKETS, CTR_METRICS,
+                                           TOPK_METRICS)
 
 CONFIDENCE = 0.95
 
@@ -157,6 +163,41 @@ def summarize(records_by_exp, suite, budgets, seeds, tuning=None):
             rows.append(row)
     _adjust_within_tables(rows)
     return rows
+
+
+def compare_claims(records_by_exp, suite, budgets):
+    """Each table's claim tested: per (table, budget) whose claimed row (:data:`suites.CLAIMS`) has runs, one
+    entry {table, budget, name (the claimed row), versus, versus_table, is_floor, metrics: {metric:
+    MetricStats}} per other row of the table and per row named in :data:`suites.CLAIM_ALSO_VERSUS`, in the
+    suite's order. A MetricStats' mean/std are the claimed row's, ``diff`` = claimed − versus (paired by
+    seed) and ``p_holm`` is adjusted over the claim family of its table and budget (floors: no p)."""
+    entries = []
+    for budget in budgets:
+        for table, claimed in CLAIMS.items():
+            records = records_by_exp.get((budget, table, claimed), {})
+            if not records or not any(e.table == table and e.name == claimed for e in suite):
+                continue
+            others = [(e.table, e.name, is_floor(e)) for e in suite if e.table == table and e.name != claimed]
+            others += [(t, n, False) for t, n in CLAIM_ALSO_VERSUS.get(table, [])
+                       if any(e.table == t and e.name == n for e in suite)]
+            metric_names = TOPK_METRICS if table == "TopK" else CTR_METRICS
+            for versus_table, versus, floor in others:
+                versus_records = records_by_exp.get((budget, versus_table, versus), {})
+                if not versus_records:
+                    continue
+                entry = {"table": table, "budget": budget, "name": claimed, "versus": versus,
+                         "versus_table": versus_table, "is_floor": floor, "metrics": {}}
+                for metric in metric_names:
+                    summary = _metric_stats(records, versus_records, metric, "describe" if floor else "test")
+                    if summary is not None:
+                        entry["metrics"][metric] = summary
+                entries.append(entry)
+    for table, budget in dict.fromkeys((e["table"], e["budget"]) for e in entries):
+        family = [(e, m) for e in entries if e["table"] == table and e["budget"] == budget and not e["is_floor"]
+                  for m, s in e["metrics"].items() if not np.isnan(s.p)]
+        for (e, m), p_holm in zip(family, holm([e["metrics"][m].p for e, m in family])):
+            e["metrics"][m] = e["metrics"][m]._replace(p_holm=p_holm)
+    return entries
 
 
 def holm_family(rows, table, budget):
