@@ -2,6 +2,7 @@
 Holm adjustment, paired-t confidence intervals, pairing by seed, the Holm family (floors excluded) and
 the tuning section."""
 import csv
+import json
 import warnings
 
 import numpy as np
@@ -337,3 +338,17 @@ def test_results_md_and_csv_show_the_claim_with_its_own_family(tmp_path):
         "diff", "ci_low", "ci_high", "p", "p_holm", "pairs"]
     mean = next(r for r in lines if (r["name"], r["statistic"]) == ("WideDeep", "mean"))
     assert float(mean["auc"]) == pytest.approx(0.75) and mean["wall_seconds"] == "1.0" and mean["seed"] == ""
+
+
+def test_results_csv_holds_the_tuning_s_chosen_values_and_best_validation_score(tmp_path):
+    rows, *_ = _report_rows()
+    records = [{"table": "T2", "name": r["name"], "model": r["model"], "overrides": {}, "budget": "one_epoch",
+                "seed": 0, "wall_seconds": 1.0, "test_result": {"auc": 0.7, "logloss": 0.6}} for r in rows]
+    tuning = {("T2", "DeepFM"): TUNING_INFO, ("T2", "Floor: popularity"): None, ("T3", "DIN+PQ"): TUNING_INFO}
+    write_csv(tmp_path / "results.csv", records, rows, (), tuning)
+    with open(tmp_path / "results.csv") as f:
+        tuned = [r for r in csv.DictReader(f) if r["statistic"] == "tuned"]
+    assert len(tuned) == 1  # the floor is not tuned; T3 is not in this report
+    assert (tuned[0]["name"], tuned[0]["family"], tuned[0]["versus"]) == ("DeepFM", "tuning", "20 (4)")
+    assert json.loads(tuned[0]["overrides"]) == {"learning_rate": 0.0012, "dropout_prob": 0.2}
+    assert float(tuned[0]["auc"]) == pytest.approx(0.71234) and tuned[0]["logloss"] == ""

@@ -18,5 +18,5 @@ plots, and the command, git commit and package versions that produced them.
 # Modules: suites (experiments, budgets, metrics), executor (tasks; the local process pool), ray_executor,
 # runner (runs through an executor, resume), tuning (the --tune stage), stats (mean ± std, paired CIs,
 # Holm), checks (same test rows per table, clean commit), report (md/csv/tex, environment), plots (PNGs),
-# cli (main; __main__ runs it).
+# trace (a document's figures traced to results.csv; its own CLI), cli (main; __main__ runs it).
 # Importing this package imports none of them: nothing beyond `import recbole_psrq` (no RecBole, no torch).

@@ -121,7 +121,7 @@ def main(argv=None):
     env = environment(tree)
     write_markdown(os.path.join(out, "results.md"), rows, command, env, args.dataset, seeds, missing,
                    not_clean, tuning=tuning, claims=claims)
-    write_csv(os.path.join(out, "results.csv"), records, rows, claims)
+    write_csv(os.path.join(out, "results.csv"), records, rows, claims, tuning)
     write_latex(os.path.join(out, "results.tex"), rows)
     plots = plot_metrics(out, rows)
     drift = plot_sid_drift(out, args.dataset)

@@ -221,12 +221,14 @@ def _csv_value(value):
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else value
 
 
-def write_csv(path, records, rows=(), claims=()):
+def write_csv(path, records, rows=(), claims=(), tuning=None):
     """``results.csv``: every figure of the report. ``statistic`` ``run``: one row per run (its seed, wall
     time and test metrics); ``mean`` / ``std``: over a row's seeds (``mean`` carries the mean wall time);
     ``diff``, ``ci_low``, ``ci_high``, ``p``, ``p_holm``, ``pairs``: ``name`` − ``versus`` paired by seed,
     ``family`` ``baseline`` (against the table's baseline) or ``claim`` (the table's claimed row against
-    the others; ``versus`` names another table in brackets). Empty cells: undefined (e.g. a floor's p)."""
+    the others; ``versus`` names another table in brackets); ``tuned`` (``family`` ``tuning``): the chosen
+    values as JSON in ``overrides``, the best validation score under its metric and ``trials (pruned)`` in
+    ``versus``. Empty cells: undefined (e.g. a floor's p)."""
     metric_names = sorted({m for r in records for m in r["test_result"]})
     header = ["table", "name", "model", "overrides", "budget", "statistic", "versus", "family", "seed",
               "wall_seconds"] + metric_names
@@ -254,6 +256,16 @@ def write_csv(path, records, rows=(), claims=()):
         for e in claims:
             row = {**e, "model": models.get((e["table"], e["name"]), "")}
             writer.writerows(comparison(row, _versus_label(e), "claim", e["metrics"]))
+        budgets = {(r["table"], r["name"]): r["budget"] for r in rows}
+        for (table, name), info in (tuning or {}).items():
+            if info is None or (table, name) not in budgets:
+                continue
+            best = info.get("best_valid") or {}
+            writer.writerow([table, name, models[(table, name)], json.dumps(info.get("chosen", {})),
+                             budgets[(table, name)], "tuned", f"{info.get('trials')} ({info.get('pruned', 0)})",
+                             "tuning", "", ""]
+                            + [_csv_value(best.get("score")) if m == best.get("metric") else ""
+                               for m in metric_names])
 
 
 def write_latex(path, rows):

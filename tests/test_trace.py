@@ -1,0 +1,95 @@
+"""Tracing a document's figures to results.csv (``python -m recbole_psrq.benchmark.trace``): what counts as
+a figure, precision-aware matching, region markers and their errors, and the README's own regions."""
+import os
+
+import pytest
+
+from recbole_psrq.benchmark.trace import TraceError, figures, main, untraced
+from recbole_psrq.quick_start import PROJECT_ROOT
+
+CSV = """table,name,overrides,statistic,seed,auc,coldauc_share,p_holm
+T2,DIN,{},run,0,0.89904,0.67468,
+T2,DIN,,mean,,0.8990449,,
+T2,MCCA,,diff,,-0.00912,,7.26e-05
+T2,MCCA,,p,,,,0.0215
+T2,MCCA,"{""learning_rate"": 0.0046318, ""dropout_prob"": [0.2, 0.31], ""mlp"": ""[128, 64]""}",tuned,,0.8682,,
+"""
+
+
+def _doc(tmp_path, body, csv_text=CSV):
+    (tmp_path / "results").mkdir(exist_ok=True)
+    (tmp_path / "results" / "results.csv").write_text(csv_text)
+    path = tmp_path / "doc.md"
+    path.write_text(body)
+    return str(path)
+
+
+def test_figures_are_decimals_with_their_written_precision():
+    found = list(figures("AUC 0.8990 ± 0.0041, Δ −0.009 [+0.013], 7.3e-05, 67.5% of rows; RecBole 1.2.1, "
+                         "Python 3.11.4, 58,693 rows, seed 3, commit c643cc9653, lr 1e-4"))
+    assert [w for _, _, w in found] == ["0.8990", "0.0041", "−0.009", "+0.013", "7.3e-05", "67.5%"]
+    value = {w: (v, h) for v, h, w in found}
+    assert value["−0.009"] == pytest.approx((-0.009, 0.0005))
+    assert value["7.3e-05"] == pytest.approx((7.3e-05, 0.05e-05))
+    assert value["67.5%"] == pytest.approx((0.675, 0.0005))
+
+
+def test_a_figure_is_traced_when_a_value_rounds_to_it_and_untraced_otherwise(tmp_path):
+    body = ("intro 0.1234 is outside any region\n"
+            "<!-- figures: results/results.csv -->\n"
+            "| DIN | 0.8990 | 0.899 | 67.5% |\n"
+            "MCCA − DIN = −0.009, p_Holm 7.3e-05 and 0.022\n"  # 0.022: 0.0215 rounds half up in decimal
+            "DIN 0.8991, share 67.4%, p 7.2e-05, Δ +0.009\n"    # each off by one unit, or the wrong sign
+            "<!-- end figures -->\n"
+            "after 0.5555\n")
+    missing, checked = untraced(_doc(tmp_path, body))
+    assert checked == 10
+    assert [(n, w) for n, w, _ in missing] == [(5, "0.8991"), (5, "67.4%"), (5, "7.2e-05"), (5, "+0.009")]
+
+
+def test_chosen_values_in_a_json_cell_are_results_too(tmp_path):
+    missing, checked = untraced(_doc(tmp_path, "<!-- figures: results/results.csv -->\n"
+                                               "lr 0.00463, dropout [0.2, 0.31], best 0.8682; not 0.0047\n"
+                                               "<!-- end figures -->\n"))
+    assert checked == 5 and [w for _, w, _ in missing] == ["0.0047"]
+
+
+def test_several_results_files_and_several_regions(tmp_path):
+    path = _doc(tmp_path, "<!-- figures: results/results.csv other.csv -->\n0.8990 and 0.4242\n"
+                          "<!-- end figures -->\n<!-- figures: results/results.csv -->\n0.4242\n<!-- end figures -->\n")
+    (tmp_path / "other.csv").write_text("name,auc\nX,0.42421\n")
+    missing, checked = untraced(path)
+    assert checked == 3 and [(n, w) for n, w, _ in missing] == [(5, "0.4242")]  # other.csv is not in region 2
+
+
+@pytest.mark.parametrize("body, message", [
+    ("<!-- figures: results/results.csv -->\n0.8990\n", "never closed"),
+    ("<!-- figures: results/results.csv -->\n<!-- figures: results/results.csv -->\n<!-- end figures -->\n",
+     "starts inside the one opened at line 1"),
+    ("0.1\n<!-- end figures -->\n", "doc.md:2: <!-- end figures --> without a region"),
+    ("<!-- figures: -->\n<!-- end figures -->\n", "names no results file"),
+    ("<!-- figures: results/missing.csv -->\n<!-- end figures -->\n", "cannot read .*missing.csv"),
+    ("a marker quoted in prose, `<!-- figures: results/results.csv -->`, opens nothing\n<!-- end figures -->\n",
+     "without a region"),
+])
+def test_malformed_regions_are_errors_that_name_the_line(tmp_path, body, message):
+    with pytest.raises(TraceError, match=message):
+        untraced(_doc(tmp_path, body))
+
+
+def test_the_command_lists_untraced_figures_and_exits_1(tmp_path, capsys):
+    good = _doc(tmp_path, "<!-- figures: results/results.csv -->\n0.8990\n<!-- end figures -->\n")
+    assert main([good]) == 0
+    assert "1 of 1 figure(s) traced" in capsys.readouterr().out
+    bad = tmp_path / "bad.md"
+    bad.write_text("<!-- figures: results/results.csv -->\n| DIN | 0.9990 |\n<!-- end figures -->\n")
+    assert main([str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}:2: 0.9990 is in no results file of its region: | DIN | 0.9990 |" in out
+    bad.write_text("<!-- figures: nowhere.csv -->\n<!-- end figures -->\n")
+    assert main([str(bad)]) == 2 and "cannot read" in capsys.readouterr().err
+
+
+def test_every_traced_figure_of_the_readme_is_in_its_results():
+    missing, _ = untraced(os.path.join(PROJECT_ROOT, "README.md"))
+    assert missing == []
