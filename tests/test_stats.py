@@ -352,3 +352,22 @@ def test_results_csv_holds_the_tuning_s_chosen_values_and_best_validation_score(
     assert (tuned[0]["name"], tuned[0]["family"], tuned[0]["versus"]) == ("DeepFM", "tuning", "20 (4)")
     assert json.loads(tuned[0]["overrides"]) == {"learning_rate": 0.0012, "dropout_prob": 0.2}
     assert float(tuned[0]["auc"]) == pytest.approx(0.71234) and tuned[0]["logloss"] == ""
+
+
+def test_a_claim_skips_rows_without_runs_needs_the_other_tables_row_in_the_suite_and_scores_topk_on_topk():
+    by_exp, v = _claim_records()
+    del by_exp[("one_epoch", "T2", "DeepFM")]  # not run (yet): left out, the rows after it still compared
+    t2 = [e["versus"] for e in compare_claims(by_exp, CLAIM_SUITE, ["one_epoch"]) if e["table"] == "T2"]
+    assert t2 == ["DIN", "WideDeep", "Floor: popularity"]
+    # T3 in the suite, but not its DIN+PSRQ: no cross-table comparison (the records alone do not decide)
+    without_psrq = [e for e in CLAIM_SUITE if (e.table, e.name) != ("T3", "DIN+PSRQ")]
+    assert [e["versus"] for e in compare_claims(by_exp, without_psrq, ["one_epoch"]) if e["table"] == "T4"] == \
+        ["DIN", "MCCA w/o MSC"]
+    topk = [Experiment("TopK", "SASRec", "SASRec"), Experiment("TopK", "PSRQ+MCCA", "MCCA")]
+    runs = {name: {s: {"test_result": {"recall@10": r, "ndcg@10": r / 2, "auc": 0.5}, "wall_seconds": 1.0}
+                   for s, r in enumerate(values)}
+            for name, values in (("SASRec", [0.010, 0.012, 0.011]), ("PSRQ+MCCA", [0.017, 0.018, 0.0175]))}
+    claims = compare_claims({("converge", "TopK", n): r for n, r in runs.items()}, topk, ["converge"])
+    assert [(e["name"], e["versus"]) for e in claims] == [("PSRQ+MCCA", "SASRec")]
+    assert list(claims[0]["metrics"]) == ["recall@10", "ndcg@10"]  # the top-k metrics, never the CTR ones
+    assert claims[0]["metrics"]["recall@10"].diff == pytest.approx(0.0065)
