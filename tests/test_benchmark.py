@@ -217,22 +217,28 @@ def test_runs_scored_on_different_test_rows_are_refused_in_one_table(tmp_path, c
     assert _report(tmp_path) == 2
     out = capsys.readouterr().out
     assert "different test rows" in out and "DIN seed 0" in out and "DeepFM seed 1" in out
+    assert ("Every model of a table must be built from the same dataset and protocol settings (same dataset "
+            "files, split, history_min_length...).") in out
     assert not (tmp_path / "results.md").exists()
 
 
 def test_a_claim_across_tables_is_refused_when_the_tables_were_scored_on_different_rows():
     from recbole_psrq.benchmark.checks import IntegrityError, check_same_test_rows
 
-    def by_exp(t3_digest):  # every table agrees within itself; T3 may differ from T4
+    def by_exp(t3_digest):  # every table agrees within itself (2 seeds per row); T3 may differ from T4
         runs = {("T3", "DIN"): t3_digest, ("T3", "DIN+PSRQ"): t3_digest, ("T4", "DIN"): "d" * 64,
                 ("T4", "PSRQ+MCCA"): "d" * 64}
-        return {("converge", t, n): {0: {"protocol": {"test_digest": digest}}} for (t, n), digest in runs.items()}
+        return {("converge", t, n): {s: {"protocol": {"test_digest": digest}} for s in (0, 1)}
+                for (t, n), digest in runs.items()}
 
     check_same_test_rows(by_exp("d" * 64), SUITES["mcca"])
     # only the claim T4 PSRQ+MCCA vs T3 DIN+PSRQ compares the two tables: the per-table rule cannot see this
-    with pytest.raises(IntegrityError, match=r"T4's claim is tested against T3 \(budget converge\).*T4 DIN seed 0 "
-                                             r"has test digest dddddddddddd….*T3 DIN seed 0 has eeeeeeeeeeee"):
+    with pytest.raises(IntegrityError) as refused:
         check_same_test_rows(by_exp("e" * 64), SUITES["mcca"])
+    assert str(refused.value) == (
+        "T4's claim is tested against T3 (budget converge), but they were scored on different test rows: T4 DIN "
+        "seed 0 has test digest dddddddddddd…, T3 DIN seed 0 has eeeeeeeeeeee…. Run both tables from the same "
+        "dataset and protocol settings.")
 
 
 def test_a_ctr_run_without_a_test_digest_is_refused(tmp_path, capsys):
@@ -243,7 +249,9 @@ def test_a_ctr_run_without_a_test_digest_is_refused(tmp_path, capsys):
         record["protocol"] = None
         _write(tmp_path, deepfm, seed, record)
     assert _report(tmp_path) == 2
-    assert "DeepFM (budget one_epoch, seed 0) has no test-row digest" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert ("DeepFM (budget one_epoch, seed 0) has no test-row digest: it was made before runs recorded one, or "
+            "not under the ctr protocol. Delete its record under <out>/runs/ and rerun the suite.") in out
 
 
 def test_a_report_from_uncommitted_changes_is_refused_unless_allowed(tmp_path, monkeypatch, capsys):
