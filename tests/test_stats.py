@@ -63,6 +63,21 @@ def test_paired_difference_matches_a_hand_computed_t_interval():
     assert high == pytest.approx(0.025 + t * 0.005 / np.sqrt(3)) and high == pytest.approx(0.037421, abs=1e-6)
 
 
+def test_two_pairs_already_give_an_interval():
+    # d = [0.01, 0.03]: mean 0.02, sd 0.0141421, se 0.01, t_{0.975, df=1} = 12.7062 -> ±0.127062
+    diff, low, high = paired_difference([0.71, 0.73], [0.70, 0.70])
+    assert (diff, low, high) == pytest.approx((0.02, 0.02 - 0.127062, 0.02 + 0.127062), abs=1e-6)
+
+
+def test_round_off_tolerance_scales_with_the_values():
+    # every difference is 0.1, but float round-off spreads them by ~3e-13 at this magnitude: still constant
+    values, baseline = [1000.1, 2000.2, 3000.3], [1000.0, 2000.1, 3000.2]
+    assert np.ptp(np.subtract(values, baseline)) > 1e-13
+    assert paired_ttest(values, baseline) == 0.0
+    diff, low, high = paired_difference(values, baseline)
+    assert diff == pytest.approx(0.1) and low == diff and high == diff
+
+
 def test_paired_difference_edge_cases():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
