@@ -3,6 +3,7 @@ Holm adjustment, paired-t confidence intervals, pairing by seed, the Holm family
 the tuning section."""
 import csv
 import json
+import os
 import warnings
 
 import numpy as np
@@ -386,3 +387,35 @@ def test_a_claim_skips_rows_without_runs_needs_the_other_tables_row_in_the_suite
     assert [(e["name"], e["versus"]) for e in claims] == [("PSRQ+MCCA", "SASRec")]
     assert list(claims[0]["metrics"]) == ["recall@10", "ndcg@10"]  # the top-k metrics, never the CTR ones
     assert claims[0]["metrics"]["recall@10"].diff == pytest.approx(0.0065)
+
+
+def test_the_claim_plot_draws_each_difference_with_its_interval_and_marks_holm_significance(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from recbole_psrq.benchmark.plots import plot_claims
+
+    drawn, original = [], Axes.errorbar
+
+    def recording_errorbar(self, x, y, *args, **kwargs):
+        drawn.append((self, x, y, kwargs))
+        return original(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "errorbar", recording_errorbar)
+    by_exp, _ = _claim_records()
+    claims = compare_claims(by_exp, CLAIM_SUITE, ["one_epoch"])
+    paths = plot_claims(str(tmp_path), claims)
+    assert [os.path.basename(p) for p in paths] == ["claims_T2.png", "claims_T3.png", "claims_T4.png"]
+    assert open(paths[0], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    t2 = [e for e in claims if e["table"] == "T2"]
+    assert len(drawn) == len(claims) and [d[2] for d in drawn[:4]] == [0, 1, 2, 3]
+    for (ax, x, _, kwargs), e in zip(drawn, t2):
+        s = e["metrics"]["auc"]
+        assert x == pytest.approx(s.diff)
+        assert np.ravel(kwargs["xerr"]) == pytest.approx([s.diff - s.ci_low, s.ci_high - s.diff])
+        filled = kwargs["markerfacecolor"] != "white"
+        assert filled == (s.p_holm < 0.05 if not e["is_floor"] else False)
+        assert kwargs["fmt"] == ("s" if e["is_floor"] else "o")
+    assert {d[3]["markerfacecolor"] for d in drawn[:3]} == {"#3b7dd8", "white"}  # both kinds occur
+    labels = [t.get_text() for t in drawn[-1][0].get_yticklabels()]
+    assert labels == ["DIN", "MCCA w/o MSC", "DIN+PSRQ (T3)"]
+    assert drawn[0][0].get_xlabel().startswith("Δ auc = PSRQ+MCCA − row")

@@ -7,7 +7,7 @@ import os
 import sys
 
 from recbole_psrq import benchmark
-from recbole_psrq.benchmark.plots import plot_metrics, plot_sid_drift
+from recbole_psrq.benchmark.plots import plot_claims, plot_metrics, plot_sid_drift
 from recbole_psrq.benchmark.report import environment, write_csv, write_latex, write_markdown
 from recbole_psrq.benchmark.checks import IntegrityError, check_same_test_rows, dirty_sources
 from recbole_psrq.benchmark.runner import (EXECUTORS, collect_runs, git_state, make_executor, run_key,
@@ -123,7 +123,7 @@ def main(argv=None):
                    not_clean, tuning=tuning, claims=claims)
     write_csv(os.path.join(out, "results.csv"), records, rows, claims, tuning)
     write_latex(os.path.join(out, "results.tex"), rows)
-    plots = plot_metrics(out, rows)
+    plots = plot_metrics(out, rows) + plot_claims(out, claims)
     drift = plot_sid_drift(out, args.dataset)
     with open(os.path.join(out, "environment.json"), "w") as f:
         json.dump({**env, "command": command}, f, indent=2)

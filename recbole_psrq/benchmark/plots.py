@@ -1,8 +1,12 @@
-"""PNG plots of a benchmark: the metrics of each table (mean ± std) and the SID levels' semantic drift."""
+"""PNG plots of a benchmark: the metrics of each table (mean ± std), each table's claim (the paired
+differences with their 95% intervals) and the SID levels' semantic drift."""
 import glob
 import json
 import os
 
+import numpy as np
+
+from recbole_psrq.benchmark.report import versus_label
 from recbole_psrq.benchmark.suites import TABLE_TITLES
 
 
@@ -37,6 +41,45 @@ def plot_metrics(out, rows):
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
+    return paths
+
+
+def plot_claims(out, claims):
+    """``claims_<table>.png`` per table with a claim (:func:`stats.compare_claims`): for its first metric
+    (AUC, or Recall@10 for top-k), Δ = claimed − row with its paired 95% interval, one line per row; filled
+    markers where p_Holm < 0.05, open ones otherwise, grey squares for the floors (described, not tested)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for table in TABLE_TITLES:
+        budgets = list(dict.fromkeys(e["budget"] for e in claims if e["table"] == table))
+        for budget in budgets:
+            entries = [e for e in claims if (e["table"], e["budget"]) == (table, budget) and e["metrics"]]
+            metric = "recall@10" if table == "TopK" else "auc"
+            entries = [e for e in entries if metric in e["metrics"]]
+            if not entries:
+                continue
+            fig, ax = plt.subplots(figsize=(6, 0.45 * len(entries) + 1.2))
+            for y, e in enumerate(entries):
+                s = e["metrics"][metric]
+                low, high = (s.ci_low, s.ci_high) if not np.isnan(s.ci_low) else (s.diff, s.diff)
+                significant = not np.isnan(s.p_holm) and s.p_holm < 0.05
+                ax.errorbar(s.diff, y, xerr=[[s.diff - low], [high - s.diff]], capsize=3,
+                            fmt="s" if e["is_floor"] else "o", color="#999" if e["is_floor"] else "#3b7dd8",
+                            markerfacecolor="#3b7dd8" if significant else "white")
+            ax.axvline(0, color="black", linewidth=0.8)
+            ax.set_yticks(range(len(entries)), [versus_label(e) for e in entries])
+            ax.invert_yaxis()
+            ax.set_xlabel(f"Δ {metric} = {entries[0]['name']} − row (95% CI; filled: p_Holm < 0.05)")
+            ax.set_title(f"{table} claim, budget {budget}")
+            fig.tight_layout()
+            path = os.path.join(out, f"claims_{table}.png" if len(budgets) == 1 else f"claims_{table}_{budget}.png")
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            paths.append(path)
     return paths
 
 

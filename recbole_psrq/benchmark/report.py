@@ -80,7 +80,8 @@ def _difference_table(table_rows, metrics, baseline_name):
     return lines if compared else []
 
 
-def _versus_label(entry):
+def versus_label(entry):
+    """A claim comparison's other row, with its table when it is not the claim's own."""
     same_table = entry["versus_table"] == entry["table"]
     return entry["versus"] if same_table else f"{entry['versus']} ({entry['versus_table']})"
 
@@ -95,14 +96,14 @@ def _claim_table(entries, metrics):
              "above; verdict from the claimed row's side):", "",
              "| versus | metric | pairs | Δ [95% CI] | p | p_Holm | verdict |", "|---|---|---|---|---|---|---|"]
     for e in entries:
-        lines += _comparison_lines(_versus_label(e), e, metrics)
+        lines += _comparison_lines(versus_label(e), e, metrics)
     m_family = sum(not e["is_floor"] and not np.isnan(s.p) for e in entries for s in e["metrics"].values())
     lines += ["", f"Holm family of this claim: m = {m_family} comparisons (floors described, not tested)."]
     if metrics:
         verdicts = {}
         for e in entries:
             if metrics[0] in e["metrics"] and not e["is_floor"]:
-                verdicts.setdefault(_verdict(e, metrics[0], e["metrics"][metrics[0]]), []).append(_versus_label(e))
+                verdicts.setdefault(_verdict(e, metrics[0], e["metrics"][metrics[0]]), []).append(versus_label(e))
         parts = [f"{verdict} than {', '.join(names)}" if verdict in ("better", "worse")
                  else f"{verdict} against {', '.join(names)}" for verdict, names in verdicts.items()]
         if parts:
@@ -255,7 +256,7 @@ def write_csv(path, records, rows=(), claims=(), tuning=None):
         models = {(r["table"], r["name"]): r["model"] for r in rows}
         for e in claims:
             row = {**e, "model": models.get((e["table"], e["name"]), "")}
-            writer.writerows(comparison(row, _versus_label(e), "claim", e["metrics"]))
+            writer.writerows(comparison(row, versus_label(e), "claim", e["metrics"]))
         budgets = {(r["table"], r["name"]): r["budget"] for r in rows}
         for (table, name), info in (tuning or {}).items():
             if info is None or (table, name) not in budgets:
