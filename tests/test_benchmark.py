@@ -150,6 +150,34 @@ def test_seed_list_reports_only_those_seeds(tmp_path):
         main(["--suite", "smoke", "--seeds", "0,x", "--out", str(tmp_path), "--report-only"])
 
 
+def test_report_only_says_how_far_the_study_is_and_what_is_left(tmp_path, capsys):
+    din, deepfm = SUITES["smoke"]
+    for seed, wall in ((0, 100.0), (1, 200.0)):
+        record = _fake_record("DIN", seed, 0.7)
+        record["wall_seconds"] = wall
+        _write(tmp_path, din, seed, record)
+    assert main(["--suite", "smoke", "--seeds", "4", "--budgets", "one_epoch", "--out", str(tmp_path),
+                 "--report-only", "--jobs", "2"]) == 1
+    lines = [line.split(" ", 2)[2] for line in capsys.readouterr().out.splitlines() if " progress " in line]
+    assert lines == ["one_epoch  DIN                    2/4 seeds, 150 s/run",
+                     "one_epoch  DeepFM                 0/4 seeds",
+                     "6 run(s) left: ~0.1 run-hours at the finished runs' mean wall (~0.0 h with --jobs 2), "
+                     "plus DeepFM (no finished run yet: cost unknown)"]
+
+
+def test_progress_counts_a_run_shared_between_tables_once():
+    from recbole_psrq.benchmark.runner import progress
+
+    suite = [e for e in SUITES["mcca"] if e.name in ("DIN", "PSRQ+MCCA")]  # DIN in T3 and T4: one run key
+    records = {("converge", "T3", "DIN"): {0: {"wall_seconds": 3600.0}}, ("converge", "T4", "DIN"):
+               {0: {"wall_seconds": 3600.0}}, ("converge", "T4", "PSRQ+MCCA"): {s: {"wall_seconds": 7200.0}
+                                                                             for s in (0, 1, 2)}}
+    lines = progress(suite, ["converge"], [0, 1, 2], records, jobs=1)
+    assert lines == ["converge   DIN                    1/3 seeds, 3600 s/run",
+                     "converge   PSRQ+MCCA              3/3 seeds, 7200 s/run",
+                     "2 run(s) left: ~2.0 run-hours at the finished runs' mean wall (~2.0 h with --jobs 1)"]
+
+
 def test_a_changed_protocol_file_gives_new_runs(tmp_path, monkeypatch):
     from recbole_psrq import quick_start
 

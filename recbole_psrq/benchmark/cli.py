@@ -10,7 +10,7 @@ from recbole_psrq import benchmark
 from recbole_psrq.benchmark.plots import plot_claims, plot_metrics, plot_sid_drift
 from recbole_psrq.benchmark.report import environment, write_csv, write_latex, write_markdown
 from recbole_psrq.benchmark.checks import IntegrityError, check_same_test_rows, dirty_sources
-from recbole_psrq.benchmark.runner import (EXECUTORS, collect_runs, git_state, make_executor, run_key,
+from recbole_psrq.benchmark.runner import (EXECUTORS, collect_runs, git_state, make_executor, progress, run_key,
                                            shown_path)
 from recbole_psrq.benchmark.tuning import training_free, tune_suite
 from recbole_psrq.benchmark.stats import compare_claims, summarize
@@ -103,6 +103,9 @@ def main(argv=None):
         if executor is not None:
             executor.close()
     missing += [f"{e.table} {e.name}: not tuned (tuning unfinished or every trial failed)" for e in untuned]
+    if args.report_only and missing:
+        for line in progress(suite_to_run, budgets, seeds, records_by_exp, only, args.jobs):
+            log(f"progress {line}")
     try:
         check_same_test_rows(records_by_exp, suite)
     except IntegrityError as e:

@@ -210,3 +210,31 @@ def collect_runs(suite, budgets, seeds, dataset, out, extra, only, report_only, 
         records_by_exp.setdefault((budget, experiment.table, experiment.name), {})[seed] = record
         records.append({**record, "table": experiment.table, "name": experiment.name})
     return records_by_exp, records, missing
+
+
+def progress(suite, budgets, seeds, records_by_exp, only=(), jobs=1):
+    """Lines saying how far a study is: per experiment (a run shared between tables counted once) its
+    finished seeds and mean wall time per run, then the runs left and what they should cost at those means
+    (experiments with no finished run are counted apart: their cost is unknown)."""
+    lines, left_seconds, left_unknown, left_runs, seen = [], 0.0, [], 0, set()
+    for budget in budgets:
+        for e in suite:
+            if (only and e.name not in only) or (budget, run_key(e)) in seen:
+                continue
+            seen.add((budget, run_key(e)))
+            done = records_by_exp.get((budget, e.table, e.name), {})
+            walls = [r["wall_seconds"] for s, r in done.items() if s in seeds]
+            missing = len(seeds) - len(walls)
+            mean = sum(walls) / len(walls) if walls else None
+            left_runs += missing
+            if missing and mean is None:
+                left_unknown.append(e.name)
+            elif missing:
+                left_seconds += missing * mean
+            lines.append(f"{budget:10s} {e.name:22s} {len(walls)}/{len(seeds)} seeds" +
+                         (f", {mean:.0f} s/run" if mean is not None else ""))
+    total = (f"{left_runs} run(s) left: ~{left_seconds / 3600:.1f} run-hours at the finished runs' mean wall "
+             f"(~{left_seconds / 3600 / max(1, jobs):.1f} h with --jobs {max(1, jobs)})")
+    if left_unknown:
+        total += f", plus {', '.join(left_unknown)} (no finished run yet: cost unknown)"
+    return lines + [total]
