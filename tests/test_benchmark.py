@@ -14,7 +14,7 @@ from scipy import stats
 from recbole_psrq.benchmark import runner
 from recbole_psrq.benchmark.cli import main
 from recbole_psrq.benchmark.runner import run_key, run_path
-from recbole_psrq.benchmark.suites import PAPER_SUITE, SUITES
+from recbole_psrq.benchmark.suites import BUDGETS, PAPER_SUITE, SUITES
 from recbole_psrq.quick_start import PROJECT_ROOT
 
 CLEAN = {"commit": "0" * 40, "dirty": []}
@@ -363,6 +363,17 @@ def test_each_run_gets_its_own_folder_and_the_seed_drives_the_sid_seed(tmp_path,
     for (command, _), seed in zip(calls, (3, 4, 3, 4)):
         assert f"--seed={seed}" in command and f"--sid_seed={seed}" in command
     assert all(r["protocol"]["test_digest"] == "d" * 64 and r["git"] == CLEAN for r in records)
+
+
+def test_a_floor_runs_one_epoch_under_every_budget_and_the_budget_rules_every_other_run(tmp_path):
+    floor = next(e for e in SUITES["t2"] if e.model == "ContentFloor")
+    din = next(e for e in SUITES["t2"] if e.name == "DIN")
+    for budget in ("early_stop", "converge"):
+        _, floor_task = runner.run_task(floor, budget, 0, "synthetic_music", str(tmp_path), {})
+        _, din_task = runner.run_task(din, budget, 0, "synthetic_music", str(tmp_path), {})
+        epochs = [a for a in floor_task.argv if a.startswith("--epochs=")]
+        assert epochs == ["--epochs=1"]  # one flag, the floor's (its score is the same every epoch)
+        assert f"--epochs={BUDGETS[budget]['epochs']}" in din_task.argv
 
 
 def test_paired_ttest_is_nan_exactly_when_undefined():
