@@ -419,3 +419,21 @@ def test_the_claim_plot_draws_each_difference_with_its_interval_and_marks_holm_s
     labels = [t.get_text() for t in drawn[-1][0].get_yticklabels()]
     assert labels == ["DIN", "MCCA w/o MSC", "DIN+PSRQ (T3)"]
     assert drawn[0][0].get_xlabel().startswith("Δ auc = PSRQ+MCCA − row")
+
+
+def test_results_md_says_which_trained_rows_do_not_beat_the_best_floor(tmp_path):
+    by_exp, _ = _claim_records()
+    by_exp[("one_epoch", "T2", "Floor: popularity")] = _records({0: 0.715, 1: 0.705, 2: 0.71})  # mean 0.71
+    by_exp[("one_epoch", "T2", "Floor: content (text)")] = _records({0: 0.60, 1: 0.60, 2: 0.60})  # the lower one
+    suite = CLAIM_SUITE[:5] + [Experiment("T2", "Floor: content (text)", "ContentFloor")]
+    write_markdown(tmp_path / "a.md", summarize(by_exp, suite, ["one_epoch"], [0, 1, 2]), "cmd", ENV, "d",
+                   [0, 1, 2], [])
+    md = (tmp_path / "a.md").read_text()
+    # DIN's mean is 0.7000, below the floor's 0.7100; DeepFM (0.7250) and the rest are above
+    assert ("Floors: the best training-free score on `auc` is Floor: popularity, 0.7100; trained rows not "
+            "above it (mean): DIN (0.7000).") in md
+    by_exp[("one_epoch", "T2", "Floor: popularity")] = _records({0: 0.55, 1: 0.55, 2: 0.55})
+    write_markdown(tmp_path / "b.md", summarize(by_exp, suite, ["one_epoch"], [0, 1, 2]), "cmd", ENV, "d",
+                   [0, 1, 2], [])
+    md = (tmp_path / "b.md").read_text()  # now the content floor is the higher one
+    assert "is Floor: content (text), 0.6000; every trained row's mean is above it." in md

@@ -122,6 +122,21 @@ def _table_blocks(rows):
                 yield title, budget, table_rows, metrics
 
 
+def _floor_line(table_rows, metric):
+    """How hard the table's task is: the best training-free floor on ``metric`` and the trained rows whose
+    mean does not beat it."""
+    floors = [r for r in table_rows if r["is_floor"] and metric in r["metrics"]]
+    trained = [r for r in table_rows if not r["is_floor"] and metric in r["metrics"]]
+    if not floors or not trained:
+        return []
+    best = max(floors, key=lambda r: r["metrics"][metric].mean)
+    level = best["metrics"][metric].mean
+    below = [f"{r['name']} ({r['metrics'][metric].mean:.4f})" for r in trained if r["metrics"][metric].mean <= level]
+    return [f"Floors: the best training-free score on `{metric}` is {best['name']}, {level:.4f}; "
+            + (f"trained rows not above it (mean): {', '.join(below)}." if below
+               else "every trained row's mean is above it."), ""]
+
+
 def _cold_bucket_line(table_rows):
     """The cold buckets' size on the table's test rows (the same rows for every run of a table)."""
     sizes = next((r["cold_rows"] for r in table_rows if r.get("cold_rows")), None)
@@ -206,6 +221,7 @@ def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=
             name = f"**{r['name']}** (baseline)" if r["is_baseline"] else r["name"]
             lines.append(f"| {name} | {r['n']} | " + " | ".join(cells) + f" | {r['wall']:.0f} |")
         lines.append("")
+        lines += _floor_line(table_rows, metrics[0]) if metrics else []
         lines += _cold_bucket_line(table_rows)
         lines += _difference_table(table_rows, metrics, BASELINES[table_rows[0]["table"]])
         lines += _claim_table([e for e in claims if (e["table"], e["budget"]) == (table_rows[0]["table"], budget)],
