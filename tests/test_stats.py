@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from recbole_psrq.benchmark.report import write_csv, write_latex, write_markdown
+from recbole_psrq.benchmark.report import (read_sid_reports, write_csv, write_latex, write_markdown,
+                                           write_sid_quality_csv)
 from recbole_psrq.benchmark.stats import (MetricStats, compare_claims, holm, paired_difference, paired_ttest,
                                          summarize)
 from recbole_psrq.benchmark.suites import Experiment
@@ -437,3 +438,84 @@ def test_results_md_says_which_trained_rows_do_not_beat_the_best_floor(tmp_path)
                    [0, 1, 2], [])
     md = (tmp_path / "b.md").read_text()  # now the content floor is the higher one
     assert "is Floor: content (text), 0.6000; every trained row's mean is above it." in md
+
+
+# --- SID quality ----------------------------------------------------------------------------------------
+
+def _sid_entry(root, name, quantizer, k, levels, seed, items, unique, usage, nmi, options=None):
+    folder = root / "runs" / "sid_cache" / "ds" / name
+    folder.mkdir(parents=True)
+    report = {"n_items": items, "unique_sids": unique, "distinct_sid_share": unique / items,
+              "collision_rate": 1 - unique / items, "recon_mse": 0.1 * levels, "knn_recall@10": 0.05,
+              "utilization": usage, "perplexity": [10.0] * levels, "nmi_level1": nmi, "warnings": ["w"]}
+    (folder / "report.json").write_text(json.dumps({"modality": "text", "settings": {
+        "quantizer": quantizer, "n_levels": levels, "codebook_size": k, "seed": seed, "options": options or {}},
+        "report": report}))
+    (folder / "quantizer.npz").write_bytes(b"not read")
+
+
+def _sid_cache(tmp_path):
+    _sid_entry(tmp_path, "text_sid-psrq-b", "psrq", 64, 2, 1, 100, 60, [1.0, 0.5], [1.0, 0.8], {"prefix_weight": 1})
+    _sid_entry(tmp_path, "text_sid-psrq-a", "psrq", 64, 2, 0, 100, 40, [1.0, 0.7], [1.0, 0.6], {"prefix_weight": 1})
+    _sid_entry(tmp_path, "text_sid-psrq-c", "psrq", 32, 3, 0, 30, 20, [1.0, 1.0, 1.0], [1.0, 0.9, 0.9])  # a trial
+    _sid_entry(tmp_path, "audio_sid-psrq-d", "psrq", 64, 2, 0, 100, 10, [0.5, 0.5], [1.0, 0.99])
+    _sid_entry(tmp_path, "text_sid-rq_kmeans-e", "rq_kmeans", 64, 2, 0, 100, 90, [1.0, 1.0], [1.0, 0.3])
+    (tmp_path / "runs" / "sid_cache" / "other-dataset").mkdir()
+    return read_sid_reports(str(tmp_path), "ds")
+
+
+def test_sid_reports_are_read_from_the_studys_cache_sorted_by_settings_and_seed(tmp_path):
+    entries = _sid_cache(tmp_path)
+    assert [(e["field"], e["quantizer"], e["codebook_size"], e["levels"], e["items"], e["seed"]) for e in entries] == [
+        ("audio_sid", "psrq", 64, 2, 100, 0), ("text_sid", "psrq", 32, 3, 30, 0), ("text_sid", "psrq", 64, 2, 100, 0),
+        ("text_sid", "psrq", 64, 2, 100, 1), ("text_sid", "rq_kmeans", 64, 2, 100, 0)]
+    assert entries[2]["options"] == '{"prefix_weight": 1}' and entries[2]["report"]["unique_sids"] == 40
+    assert read_sid_reports(str(tmp_path), "missing") == []
+
+
+def test_sid_quality_csv_and_section_give_each_fit_and_the_mean_per_settings(tmp_path):
+    entries = _sid_cache(tmp_path)
+    write_sid_quality_csv(tmp_path / "sid_quality.csv", entries)
+    with open(tmp_path / "sid_quality.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 and rows[2]["unique_sids"] == "40" and json.loads(rows[2]["utilization"]) == [1.0, 0.7]
+    assert (rows[2]["items"], rows[2]["seed"], rows[2]["warnings"]) == ("100", "0", "1")
+    rows_, *_ = _report_rows()
+    write_markdown(tmp_path / "results.md", rows_, "cmd", ENV, "d", [0, 1, 2], [], sid_entries=entries)
+    md = (tmp_path / "results.md").read_text()
+    # the two seeds of one setting are averaged: 50 distinct SIDs, collisions 0.5, utilization 1.00, 0.60
+    assert ('| text_sid | psrq | 64 | 2 | {"prefix_weight": 1} | 100 | 2 (0, 1) | 50 | 0.5000 | 1.00, 0.60 | 0.2000 '
+            '| 0.0500 |') in md
+    assert "| text_sid | psrq | 32 | 3 | {} | 30 | 1 (0) | 20 |" in md
+    write_markdown(tmp_path / "none.md", rows_, "cmd", ENV, "d", [0, 1, 2], [])
+    assert "## SID quality" not in (tmp_path / "none.md").read_text()
+
+
+def test_the_drift_plot_averages_each_quantizers_most_fitted_text_settings(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from recbole_psrq.benchmark.plots import plot_sid_drift
+
+    lines, original = [], Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, x, y, *a, **k: lines.append((list(x), list(y), k["label"]))
+                        or original(self, x, y, *a, **k))
+    path = plot_sid_drift(str(tmp_path), _sid_cache(tmp_path))
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # psrq: the k=64 setting (2 fits, mean NMI 0.7 at level 2), not the 1-fit trial setting; no audio
+    assert lines == [([1, 2], pytest.approx([1.0, 0.7]), "psrq (k=64, 2 fits)"),
+                     ([1, 2], pytest.approx([1.0, 0.3]), "rq_kmeans (k=64, 1 fits)")]
+    assert plot_sid_drift(str(tmp_path), []) is None
+
+
+def test_git_keeps_a_sid_cache_entrys_report_and_ignores_the_rest():
+    import subprocess
+
+    from recbole_psrq.quick_start import PROJECT_ROOT
+
+    if subprocess.run(["git", "rev-parse"], cwd=PROJECT_ROOT, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout (e.g. a mutation-testing copy): .gitignore cannot be asked")
+    entry = "results/x/runs/sid_cache/ds/text_sid-psrq-abc"
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", f"{entry}/report.json", f"{entry}/quantizer.npz",
+                              f"{entry}/sids.npz", f"{entry}/manifest.json"],
+                             cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.split()
+    assert ignored == [f"{entry}/quantizer.npz", f"{entry}/sids.npz", f"{entry}/manifest.json"]

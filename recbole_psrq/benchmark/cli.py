@@ -8,7 +8,8 @@ import sys
 
 from recbole_psrq import benchmark
 from recbole_psrq.benchmark.plots import plot_claims, plot_metrics, plot_sid_drift
-from recbole_psrq.benchmark.report import environment, write_csv, write_latex, write_markdown
+from recbole_psrq.benchmark.report import (environment, read_sid_reports, write_csv, write_latex, write_markdown,
+                                           write_sid_quality_csv)
 from recbole_psrq.benchmark.checks import IntegrityError, check_same_test_rows, dirty_sources
 from recbole_psrq.benchmark.runner import (EXECUTORS, collect_runs, git_state, make_executor, progress, run_key,
                                            shown_path)
@@ -122,14 +123,17 @@ def main(argv=None):
     rows = summarize(records_by_exp, suite, budgets, seeds)
     claims = compare_claims(records_by_exp, suite, budgets)
     env = environment(tree)
+    sid_entries = read_sid_reports(out, args.dataset)
     write_markdown(os.path.join(out, "results.md"), rows, command, env, args.dataset, seeds, missing,
-                   not_clean, tuning=tuning, claims=claims)
+                   not_clean, tuning=tuning, claims=claims, sid_entries=sid_entries)
+    write_sid_quality_csv(os.path.join(out, "sid_quality.csv"), sid_entries)
     write_csv(os.path.join(out, "results.csv"), records, rows, claims, tuning)
     write_latex(os.path.join(out, "results.tex"), rows)
     plots = plot_metrics(out, rows) + plot_claims(out, claims)
-    drift = plot_sid_drift(out, args.dataset)
+    drift = plot_sid_drift(out, sid_entries)
     with open(os.path.join(out, "environment.json"), "w") as f:
         json.dump({**env, "command": command}, f, indent=2)
-    log(f"wrote {shown_path(out)}/results.md, results.csv, results.tex, {len(plots) + bool(drift)} plot(s); "
+    log(f"wrote {shown_path(out)}/results.md, results.csv, results.tex, sid_quality.csv, "
+        f"{len(plots) + bool(drift)} plot(s); "
         f"{len(missing)} run(s) missing")
     return 0 if not missing else 1

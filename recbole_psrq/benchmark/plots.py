@@ -1,7 +1,5 @@
 """PNG plots of a benchmark: the metrics of each table (mean ± std), each table's claim (the paired
 differences with their 95% intervals) and the SID levels' semantic drift."""
-import glob
-import json
 import os
 
 import numpy as np
@@ -83,28 +81,35 @@ def plot_claims(out, claims):
     return paths
 
 
-def plot_sid_drift(out, dataset):
-    """Per-level NMI of each quantizer's text SIDs with level 1 (and with labels, when reported),
-    read from the SID cache reports the runs wrote."""
+def plot_sid_drift(out, sid_entries):
+    """Per-level NMI of each quantizer's text SIDs with level 1 (and with labels, when reported), from
+    :func:`report.read_sid_reports`: per quantizer its settings fitted most often (the seeded runs'),
+    averaged over those fits."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    reports = {}
-    for path in glob.glob(os.path.join(out, "runs", "work", "saved", "sid_cache", dataset,
-                                       "text_sid-*", "report.json")):
-        with open(path) as f:
-            data = json.load(f)
-        reports[data["settings"]["quantizer"]] = data["report"]
-    if not reports:
+    groups = {}
+    for e in sid_entries:
+        if e["field"] == "text_sid":
+            key = (e["quantizer"], e["codebook_size"], e["levels"], e["options"], e["items"])
+            groups.setdefault(key, []).append(e)
+    curves = {}
+    for key, fits in sorted(groups.items(), key=lambda item: -len(item[1])):
+        curves.setdefault(key[0], (key, fits))
+    if not curves:
         return None
-    keys = [k for k in ("nmi_level1", "nmi_labels") if any(k in r for r in reports.values())]
+    keys = [k for k in ("nmi_level1", "nmi_labels") if any(k in f["report"] for _, fits in curves.values()
+                                                            for f in fits)]
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for name, report in sorted(reports.items()):
-            if key in report:
-                ax.plot(range(1, len(report[key]) + 1), report[key], marker="o", label=name)
+        for quantizer, ((_, k, levels, _, _), fits) in sorted(curves.items()):
+            values = [f["report"][key] for f in fits if key in f["report"]]
+            if values:
+                ax.plot(range(1, levels + 1), np.mean(values, axis=0), marker="o",
+                        label=f"{quantizer} (k={k}, {len(values)} fits)")
+        ax.set_xticks(range(1, max(key_[2] for key_, _ in curves.values()) + 1))
         ax.set_xlabel("SID level")
         ax.set_ylabel(key)
         ax.set_title(f"semantic drift: {key}")

@@ -1,8 +1,10 @@
-"""Report writers: ``results.md``, ``results.csv`` and ``results.tex``, and the environment (Python,
-package versions, git commit, date) recorded with them."""
+"""Report writers: ``results.md``, ``results.csv``, ``results.tex`` and ``sid_quality.csv``, and the
+environment (Python, package versions, git commit, date) recorded with them."""
 import csv
 import datetime
+import glob
 import json
+import os
 import sys
 
 import numpy as np
@@ -183,11 +185,81 @@ def _tuning_section(tuning, rows):
     return lines + [""]
 
 
-def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=(), tuning=None, claims=()):
+def read_sid_reports(out, dataset):
+    """The quality report of every SID table the study's runs and trials fitted (the SID cache under
+    ``<out>/runs/sid_cache/<dataset>/``, one entry per field, quantizer and settings), sorted by field,
+    quantizer, codebook size, levels, options and seed."""
+    entries = []
+    for path in glob.glob(os.path.join(out, "runs", "sid_cache", dataset, "*", "report.json")):
+        with open(path) as f:
+            data = json.load(f)
+        settings = data["settings"]
+        entries.append({"field": os.path.basename(os.path.dirname(path)).split("-")[0],
+                        "quantizer": settings["quantizer"], "codebook_size": settings["codebook_size"],
+                        "levels": settings["n_levels"], "seed": settings["seed"],
+                        "items": data["report"].get("n_items"),
+                        "options": json.dumps(settings.get("options") or {}, sort_keys=True),
+                        "report": data["report"]})
+    return sorted(entries, key=lambda e: (e["field"], e["quantizer"], e["codebook_size"], e["levels"],
+                                          e["options"], e["items"] or 0, e["seed"]))
+
+
+SID_COLUMNS = ["unique_sids", "distinct_sid_share", "collision_rate", "recon_mse", "knn_recall@10"]
+
+
+def write_sid_quality_csv(path, entries):
+    """``sid_quality.csv``: one row per fitted SID table, its settings and quality (per-level lists as JSON)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["field", "quantizer", "codebook_size", "levels", "options", "items", "seed"] + SID_COLUMNS
+                        + ["utilization", "perplexity", "nmi_level1", "warnings"])
+        for e in entries:
+            r = e["report"]
+            writer.writerow([e["field"], e["quantizer"], e["codebook_size"], e["levels"], e["options"], e["items"],
+                             e["seed"]]
+                            + [r.get(c, "") for c in SID_COLUMNS]
+                            + [json.dumps(r.get(c)) for c in ("utilization", "perplexity", "nmi_level1")]
+                            + [len(r.get("warnings", []))])
+
+
+def _mean_of(reports, key):
+    values = [r[key] for r in reports if r.get(key) is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _sid_section(entries):
+    """results.md's SID quality: per field, quantizer and settings, the mean over its fits (seeds)."""
+    if not entries:
+        return []
+    groups = {}
+    for e in entries:
+        key = (e["field"], e["quantizer"], e["codebook_size"], e["levels"], e["options"], e["items"])
+        groups.setdefault(key, []).append(e)
+    lines = ["## SID quality", "",
+             "Every SID table the runs and tuning trials fitted (`sid_quality.csv` has one row per fit), "
+             "grouped by settings and by the items fitted (tuning trials see a subsample of the users, hence "
+             "fewer items); mean over the fits (seeds). Utilization: share of each level's codes used; "
+             "collisions: share of items whose full SID another item has.", "",
+             "| field | quantizer | k | levels | options | items | fits (seeds) | distinct SIDs | collisions | "
+             "utilization per level | recon MSE | kNN recall@10 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (field, quantizer, k, levels, options, items), fits in groups.items():
+        reports = [f["report"] for f in fits]
+        mean = {key: _mean_of(reports, key) for key in SID_COLUMNS}
+        usage = [r["utilization"] for r in reports if r.get("utilization")]
+        usage_text = ", ".join(f"{u:.2f}" for u in np.mean(usage, axis=0)) if usage else "–"
+        lines.append(f"| {field} | {quantizer} | {k} | {levels} | {_cell(options)} | {items} | {len(fits)} "
+                     f"({', '.join(str(f['seed']) for f in fits)}) | {_num(mean['unique_sids'], '.0f')} | "
+                     f"{_num(mean['collision_rate'])} | {usage_text} | {_num(mean['recon_mse'])} | "
+                     f"{_num(mean['knn_recall@10'])} |")
+    return lines + [""]
+
+
+def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=(), tuning=None, claims=(),
+                   sid_entries=()):
     """``results.md``. ``tuning``: optional {(table, experiment name): info or None} (info: trials, space,
     space_hash, chosen, best_valid {metric, score}, frozen, pruned); when None, the rows' own ``tuning``
     entries are used if they have any. ``claims``: :func:`stats.compare_claims`' entries, shown under
-    their table."""
+    their table. ``sid_entries``: :func:`read_sid_reports`' entries (the SID quality section)."""
     if tuning is None and any("tuning" in r for r in rows):
         tuning = {(r["table"], r["name"]): r["tuning"] for r in rows if "tuning" in r}
     lines = [f"# Benchmark results: {dataset}", "",
@@ -228,6 +300,7 @@ def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=
                               metrics)
     if tuning is not None:
         lines += _tuning_section(tuning, rows)
+    lines += _sid_section(sid_entries)
     if missing:
         lines += ["## Runs not (yet) finished", ""] + [f"- {m}" for m in missing] + [""]
     with open(path, "w") as f:
