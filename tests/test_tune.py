@@ -192,13 +192,49 @@ def test_a_study_freezes_a_configuration_that_reproduces_its_trials_validation_s
     assert json.load(open(os.path.join(job.folder, "trials", "trial002.json")))["params"] == records[2]["params"]
     assert open(frozen).read() == frozen_text
 
-    # a record that no longer matches what the seeded sampler proposes is refused, not mixed in
+    # a record written on a machine that rounds the sampler's arithmetic differently in the last bits is the
+    # same trial: replayed as recorded, nothing rerun
     path = os.path.join(job.folder, "trials", "trial000.json")
+    rounded = {**records[0], "params": {**records[0]["params"],
+                                        "learning_rate": records[0]["params"]["learning_rate"] * (1 + 4e-16)}}
+    json.dump(rounded, open(path, "w"))
+    again_rerun = CountingExecutor()
+    tune([make_job("DIN", "DIN", "synthetic_music", 3, str(workdir / "tuning"), overrides, seed=3)], again_rerun)
+    assert again_rerun.ran == []
+    stored = [json.load(open(os.path.join(job.folder, "trials", f"trial{n:03d}.json"))) for n in range(3)]
+    assert read_frozen(frozen)["chosen"] == stored[info["best_trial"]]["params"]  # the values it ran with
+
+    # a record that no longer matches what the seeded sampler proposes is refused, not mixed in
     tampered = {**records[0], "params": {**records[0]["params"], "weight_decay": 0.5}}
     json.dump(tampered, open(path, "w"))
     with pytest.raises(ConfigError, match="proposes"):
         tune([make_job("DIN", "DIN", "synthetic_music", 3, str(workdir / "tuning"), overrides, seed=3)],
              CountingExecutor())
+
+
+def test_a_replayed_trial_matches_its_record_up_to_a_machines_rounding_only():
+    from recbole_psrq.tune.study import same_values
+
+    recorded = {"learning_rate": 0.00010237669925750045, "mlp_hidden_size": [128, 64], "embedding_size": 64}
+    assert same_values(recorded, {**recorded, "learning_rate": 0.00010237669925750063})  # seen across machines
+    assert not same_values(recorded, {**recorded, "learning_rate": 0.000102377})
+    assert not same_values(recorded, {**recorded, "mlp_hidden_size": [128]})
+    assert not same_values(recorded, {**recorded, "embedding_size": 96})
+    assert not same_values(recorded, {k: v for k, v in recorded.items() if k != "embedding_size"})
+    assert not same_values({"flag": True}, {"flag": 1.0})
+    assert same_values({"reg": 0.0}, {"reg": 0.0}) and not same_values({"reg": 0.0}, {"reg": 1e-300})
+
+
+def test_trial_records_name_no_machine_folders():
+    from recbole_psrq.quick_start import PROJECT_ROOT
+    from recbole_psrq.tune.study import _shown_overrides
+
+    shown = _shown_overrides({"data_path": os.path.join(os.path.dirname(PROJECT_ROOT), "elsewhere", "converted"),
+                              "sid_cache_dir": os.path.join(PROJECT_ROOT, "results", "x", "sid_cache"),
+                              "learning_rate": 0.001, "mlp_hidden_size": [64]})
+    assert shown == {"data_path": os.path.join("..", "elsewhere", "converted"),
+                     "sid_cache_dir": os.path.join("results", "x", "sid_cache"),
+                     "learning_rate": "0.001", "mlp_hidden_size": "[64]"}
 
 
 def test_an_empty_space_and_a_zero_budget_are_refused(tmp_path):

@@ -10,12 +10,14 @@ sampler proposes the same values) and runs only what is missing.
 """
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
 import yaml
 
 from recbole_psrq.benchmark.executor import LocalExecutor, Task, earlier_seconds
+from recbole_psrq.benchmark.runner import shown_arg, shown_path
 from recbole_psrq.errors import ConfigError
 from recbole_psrq.io import atomic_open
 
@@ -23,6 +25,10 @@ FROZEN_NAME = "tuned.yaml"
 # where files live, not what is computed: left out of the frozen summary (it names no machine's folders)
 _WHERE_KEYS = {"sid_cache_dir", "data_path", "checkpoint_dir"}
 PRUNER = {"n_startup_trials": 2, "n_warmup_steps": 2}
+# a resumed study may run on another machine, whose NumPy can round the sampler's arithmetic differently in
+# the last bits (seen: learning_rate 0.00010237669925750045 recorded, ...0063 proposed on the next machine);
+# values this close are the same trial, anything further apart means the settings changed
+SAME_VALUE_REL_TOL = 1e-9
 
 
 @dataclass
@@ -95,7 +101,7 @@ class _Study:
             if os.path.isfile(path):
                 with open(path) as f:
                     recorded = json.load(f)
-                if recorded["params"] != values:
+                if not same_values(recorded["params"], values):
                     raise ConfigError(
                         f"{path} was recorded with {recorded['params']}, but the seeded sampler now proposes "
                         f"{values} for trial {trial.number}: the study's settings changed under the same "
@@ -144,7 +150,7 @@ def tune(jobs, executor=None, log=print):
         _write_json(os.path.join(st.job.folder, "space.json"),
                     {"space": st.job.space.to_dict(), "sources": st.job.space.sources,
                      "hash": st.job.space.hash(), "trials": st.job.trials, "seed": st.job.seed,
-                     "batch": st.job.batch, "overrides": {k: str(v) for k, v in st.job.overrides.items()}})
+                     "batch": st.job.batch, "overrides": _shown_overrides(st.job.overrides)})
     while any(st.remaining() for st in studies):
         round_trials, tasks = [], {}
         for st in studies:
@@ -173,17 +179,38 @@ def tune(jobs, executor=None, log=print):
     return {st.job.name: freeze(st) for st in studies}
 
 
+def same_values(recorded, proposed):
+    """Whether a recorded trial's values are the ones proposed now: equal, floats within
+    ``SAME_VALUE_REL_TOL`` (a machine's rounding, not a new setting)."""
+    if isinstance(recorded, float) or isinstance(proposed, float):
+        return (isinstance(recorded, (int, float)) and isinstance(proposed, (int, float))
+                and not isinstance(recorded, bool) and not isinstance(proposed, bool)
+                and math.isclose(recorded, proposed, rel_tol=SAME_VALUE_REL_TOL, abs_tol=0.0))
+    if isinstance(recorded, dict) and isinstance(proposed, dict):
+        return recorded.keys() == proposed.keys() and all(same_values(recorded[k], proposed[k]) for k in recorded)
+    if isinstance(recorded, (list, tuple)) and isinstance(proposed, (list, tuple)):
+        return len(recorded) == len(proposed) and all(map(same_values, recorded, proposed))
+    return recorded == proposed
+
+
+def _shown_overrides(overrides):
+    """Override values as strings, absolute paths relative to the repository: a committed trial record or
+    space.json names no machine's folders."""
+    return {k: shown_arg(str(v)) for k, v in overrides.items()}
+
+
 def _trial_record(number, values, spec, task, outcome):
     record = {"number": number, "params": values, "state": "failed", "valid_curve": [],
               "best_valid_score": None, "best_valid_result": None, "wall_seconds": outcome["wall"],
-              "overrides": {k: str(v) for k, v in spec["overrides"].items()}}
+              "overrides": _shown_overrides(spec["overrides"])}
     if outcome["ok"]:
         result = outcome["result"]
         record.update({k: result[k] for k in ("state", "valid_curve", "best_valid_score",
                                               "best_valid_result", "valid_metric")})
         record["resumed"] = result.get("resumed")
         record["wall_seconds"] += earlier_seconds(result)
-        record["log_file"] = os.path.join(task.workdir, result["log_file"]) if result.get("log_file") else None
+        record["log_file"] = (shown_path(os.path.join(task.workdir, result["log_file"]))
+                              if result.get("log_file") else None)
     else:
         record["error"] = outcome["tail"]
     return record
