@@ -174,6 +174,8 @@ def test_a_study_freezes_a_configuration_that_reproduces_its_trials_validation_s
     best = max(records, key=lambda r: (r["best_valid_score"], -r["number"]))
     assert info["best_trial"] == best["number"] and info["best_valid"]["score"] == best["best_valid_score"]
     assert info["trials"] == 3 and info["space_hash"] == job.space.hash()
+    space_sources = json.load(open(os.path.join(job.folder, "space.json")))["sources"]
+    assert space_sources and not any(os.path.isabs(s) for s in space_sources)  # committed: no machine paths
     with open(frozen) as f:
         settings = yaml.safe_load(f)
     assert {k: settings[k] for k in best["params"]} == best["params"]

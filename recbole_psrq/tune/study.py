@@ -148,7 +148,7 @@ def tune(jobs, executor=None, log=print):
     for st in studies:
         os.makedirs(os.path.join(st.job.folder, "trials"), exist_ok=True)
         _write_json(os.path.join(st.job.folder, "space.json"),
-                    {"space": st.job.space.to_dict(), "sources": st.job.space.sources,
+                    {"space": st.job.space.to_dict(), "sources": [shown_path(s) for s in st.job.space.sources],
                      "hash": st.job.space.hash(), "trials": st.job.trials, "seed": st.job.seed,
                      "batch": st.job.batch, "overrides": _shown_overrides(st.job.overrides)})
     while any(st.remaining() for st in studies):
