@@ -234,6 +234,11 @@ def test_suite_resumes_after_being_killed(tiny_data_path, tmp_path):
     assert open(din).read() == din_record  # the finished run was not redone
     md = (out / "results.md").read_text()
     assert "| **DIN** (baseline) | 1 |" in md and "| DeepFM | 1 |" in md
+    # each record names the data files it read and the CPU it ran on
+    record = json.loads(din_record)
+    assert record["data"] == runner.data_identity("synthetic_music", {"data_path": str(tiny_data_path)})
+    assert any(name.endswith(".inter") for name in record["data"]) and record["machine"]["cores"] == os.cpu_count()
+    assert "## Data files and machines" in md and "differing" not in md
 
 
 def test_runs_scored_on_different_test_rows_are_refused_in_one_table(tmp_path, capsys):
@@ -469,3 +474,41 @@ def test_a_record_command_names_paths_relative_to_the_repository():
     assert shown_arg(f"--config_files={inside}") == "--config_files=results/x/tuned.yaml"
     assert shown_arg("--seed=0") == "--seed=0"
     assert shown_arg("--learning_rate=1e-3") == "--learning_rate=1e-3"
+
+
+def test_a_records_data_identity_covers_the_files_runs_read_and_nothing_else(tmp_path):
+    folder = tmp_path / "music"
+    folder.mkdir()
+    for name, content in (("music.inter", b"u\ti\n"), ("music.item", b"i\n"), ("music.text.npz", b"\0" * 8),
+                          ("README.md", b"notes"), ("music.stats.json", b'{"seconds": 1.0}')):
+        (folder / name).write_bytes(content)
+    identity = runner.data_identity("music", {"data_path": str(tmp_path)})
+    assert sorted(identity) == ["music.inter", "music.item", "music.text.npz"]
+    (folder / "music.stats.json").write_bytes(b'{"seconds": 2.0}')  # a reconversion's timings: not an input
+    (folder / "README.md").write_bytes(b"other notes")
+    assert runner.data_identity("music", {"data_path": str(tmp_path)}) == identity
+    (folder / "music.text.npz").write_bytes(b"\0" * 7 + b"\1")  # embeddings that differ in the last bit
+    changed = runner.data_identity("music", {"data_path": str(tmp_path)})
+    assert changed["music.text.npz"] != identity["music.text.npz"] and changed["music.inter"] == identity["music.inter"]
+    assert runner.data_identity("absent", {"data_path": str(tmp_path)}) == {}
+
+
+def test_the_report_names_data_files_that_differ_between_a_tables_runs():
+    from recbole_psrq.benchmark.report import _provenance_section
+
+    cpu = {"cpu": "AMD EPYC", "cores": 2}
+    data = {"m.inter": "a" * 16, "m.text.npz": "b" * 16}
+    records = [{"table": "T2", "budget": "converge", "name": "DIN", "seed": 0, "data": data, "machine": cpu},
+               {"table": "T2", "budget": "converge", "name": "DIN", "seed": 1, "data": data, "machine": cpu},
+               {"table": "T2", "budget": "converge", "name": "MCCA", "seed": 0, "machine": cpu,
+                "data": {**data, "m.text.npz": "c" * 16}},
+               {"table": "T2", "budget": "converge", "name": "MCCA", "seed": 1}]
+    lines = _provenance_section(records)
+    line = next(x for x in lines if x.startswith("- T2"))
+    assert "4 runs: 1 file(s) identical in every run that recorded them (m.inter aaaaaaaaaaaa)" in line
+    assert "**differing**: m.text.npz: bbbbbbbbbbbb (DIN seeds 0, 1), cccccccccccc (MCCA seed 0)" in line
+    assert "not recorded (runs made before records named their files): MCCA seed 1" in line
+    assert "Machines: AMD EPYC (2 cores): 3 runs, not recorded: 1 run." in line
+    same = _provenance_section(records[:2])
+    assert "differing" not in "\n".join(same) and "m.text.npz bbbbbbbbbbbb" in "\n".join(same)
+    assert _provenance_section([]) == []

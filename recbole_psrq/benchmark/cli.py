@@ -125,7 +125,7 @@ def main(argv=None):
     env = environment(tree)
     sid_entries = read_sid_reports(out, args.dataset)
     write_markdown(os.path.join(out, "results.md"), rows, command, env, args.dataset, seeds, missing,
-                   not_clean, tuning=tuning, claims=claims, sid_entries=sid_entries)
+                   not_clean, tuning=tuning, claims=claims, sid_entries=sid_entries, records=records)
     write_sid_quality_csv(os.path.join(out, "sid_quality.csv"), sid_entries)
     write_csv(os.path.join(out, "results.csv"), records, rows, claims, tuning)
     write_latex(os.path.join(out, "results.tex"), rows)

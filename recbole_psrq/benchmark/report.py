@@ -254,12 +254,63 @@ def _sid_section(entries):
     return lines + [""]
 
 
+def _runs_text(runs):
+    """``DIN seeds 0, 1; MCCA seed 2`` for [(name, seed)]."""
+    by_name = {}
+    for name, seed in runs:
+        by_name.setdefault(name, []).append(seed)
+    return "; ".join(f"{name} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))}"
+                     for name, seeds in by_name.items())
+
+
+def _provenance_section(records):
+    """results.md's data files and machines: per table and budget, whether every run read the same dataset
+    files (their sha256, recorded by the driver) and on which CPUs the runs ran. Files that differ between
+    runs are listed with the runs of each version: content embeddings made on another machine can differ in
+    their last bits, and the SIDs fitted on them with them."""
+    tables = {}
+    for r in records:
+        tables.setdefault((r["table"], r["budget"]), []).append(r)
+    if not tables:
+        return []
+    lines = ["## Data files and machines", "",
+             "The dataset files each run read (sha256, first 12 hex digits) and the CPUs the runs ran on. "
+             "Test rows are checked to be identical (the test digest); a file listed with several versions "
+             "was converted again on another machine, whose content embeddings can differ in the last bits.",
+             ""]
+    for (table, budget), runs in sorted(tables.items()):
+        versions, unrecorded, cpus = {}, [], {}
+        for r in runs:
+            cpu = r.get("machine") or {}
+            label = f"{cpu['cpu']} ({cpu['cores']} cores)" if cpu else "not recorded"
+            cpus[label] = cpus.get(label, 0) + 1
+            if not r.get("data"):
+                unrecorded.append((r["name"], r["seed"]))
+                continue
+            for name, digest in r["data"].items():
+                versions.setdefault(name, {}).setdefault(digest, []).append((r["name"], r["seed"]))
+        same = [n for n, v in versions.items() if len(v) == 1]
+        differ = {n: v for n, v in versions.items() if len(v) > 1}
+        text = f"- {table} (`{budget}`), {len(runs)} runs: "
+        text += (f"{len(same)} file(s) identical in every run that recorded them ("
+                 + ", ".join(f"{n} {next(iter(versions[n]))[:12]}" for n in same) + ")") if same else "no file recorded"
+        if differ:
+            text += "; **differing**: " + "; ".join(
+                f"{n}: " + ", ".join(f"{d[:12]} ({_runs_text(rs)})" for d, rs in v.items()) for n, v in differ.items())
+        if unrecorded:
+            text += f"; not recorded (runs made before records named their files): {_runs_text(unrecorded)}"
+        text += ". Machines: " + ", ".join(f"{label}: {n} run{'s' if n > 1 else ''}" for label, n in cpus.items())
+        lines.append(text + ".")
+    return lines + [""]
+
+
 def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=(), tuning=None, claims=(),
-                   sid_entries=()):
+                   sid_entries=(), records=()):
     """``results.md``. ``tuning``: optional {(table, experiment name): info or None} (info: trials, space,
     space_hash, chosen, best_valid {metric, score}, frozen, pruned); when None, the rows' own ``tuning``
     entries are used if they have any. ``claims``: :func:`stats.compare_claims`' entries, shown under
-    their table. ``sid_entries``: :func:`read_sid_reports`' entries (the SID quality section)."""
+    their table. ``sid_entries``: :func:`read_sid_reports`' entries (the SID quality section). ``records``:
+    the runs (with ``table`` and ``name``), for the data files and machines section."""
     if tuning is None and any("tuning" in r for r in rows):
         tuning = {(r["table"], r["name"]): r["tuning"] for r in rows if "tuning" in r}
     lines = [f"# Benchmark results: {dataset}", "",
@@ -301,6 +352,7 @@ def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=
     if tuning is not None:
         lines += _tuning_section(tuning, rows)
     lines += _sid_section(sid_entries)
+    lines += _provenance_section(records)
     if missing:
         lines += ["## Runs not (yet) finished", ""] + [f"- {m}" for m in missing] + [""]
     with open(path, "w") as f:

@@ -4,6 +4,7 @@ executor (:mod:`recbole_psrq.benchmark.executor`), its record written by this dr
 is never rerun, so a killed suite resumes where it stopped."""
 import json
 import os
+import platform
 import subprocess
 
 from recbole_psrq.benchmark.executor import LocalExecutor, Task, earlier_seconds
@@ -101,14 +102,55 @@ def run_task(experiment, budget, seed, dataset, out, extra_overrides, tuned_file
     return path, Task(key=key, argv=tuple(argv), workdir=workdir)
 
 
-def make_record(experiment, budget, seed, task, outcome, tuned_file=None):
+# the converted files a run reads (interactions, item/user features, content embeddings); the folder's
+# README and stats (which hold the conversion's timings) are not inputs
+DATA_SUFFIXES = (".inter", ".item", ".user", ".npz")
+
+
+def data_identity(dataset, overrides):
+    """{file name: sha256 (first 16 hex digits)} of the dataset files the runs read, from the folder
+    ``overrides``' ``data_path`` (else the dataset's yaml) points to; empty when there is none. Content
+    embeddings made on another machine can differ in their last bits (and then so do the SIDs fitted on
+    them), so a record names the exact files it ran on."""
+    import hashlib
+
+    from recbole_psrq.quick_start import PROPERTIES_DIR, _resolve_data_path
+
+    yaml_file = os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml")
+    folder = os.path.join(_resolve_data_path([yaml_file] if os.path.isfile(yaml_file) else [], overrides),
+                          dataset)
+    identity = {}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name)
+        if name.endswith(DATA_SUFFIXES) and os.path.isfile(path):
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            identity[name] = digest.hexdigest()[:16]
+    return identity
+
+
+def machine():
+    """The CPU a run ran on (runs of one row may come from several machines)."""
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    return {"cpu": model or platform.processor() or platform.machine() or "unknown", "cores": os.cpu_count()}
+
+
+def make_record(experiment, budget, seed, task, outcome, tuned_file=None, data=None):
     result = outcome["result"]
     return {"model": experiment.model, "overrides": experiment.overrides, "budget": budget,
             "seed": seed, "wall_seconds": outcome["wall"] + earlier_seconds(result),
             "resumed": result.get("resumed"), "test_result": result["test_result"],
             "best_valid_result": result["best_valid_result"], "protocol": result.get("protocol_checks"),
             "tuned": shown_path(tuned_file) if tuned_file else None,
-            "git": git_state(), "command": " ".join(shown_arg(a) for a in task.argv),
+            "git": git_state(), "data": data, "machine": machine(),
+            "command": " ".join(shown_arg(a) for a in task.argv),
             "log_file": shown_path(os.path.join(task.workdir, result["log_file"]))}
 
 
@@ -140,13 +182,14 @@ def run_all(units, dataset, out, extra_overrides, log, executor, tuned=None):
         task_info[task] = (experiment, budget, seed, path, tuned_file)
     for task in pending:
         log(f"run    {task.key}")
+    data = data_identity(dataset, extra_overrides) if pending else None
     for task, outcome in executor.map(list(pending)):
         experiment, budget, seed, path, tuned_file = task_info.pop(task)
         if not outcome["ok"]:
             log(f"FAILED {task.key} after {outcome['wall']:.0f}s:\n{outcome['tail']}")
             failed.append((experiment, budget, seed))
             continue
-        record = make_record(experiment, budget, seed, task, outcome, tuned_file)
+        record = make_record(experiment, budget, seed, task, outcome, tuned_file, data)
         with atomic_open(path, "w") as f:  # only a finished run leaves a record: a killed one is rerun
             json.dump(record, f, indent=2)
         records[pending[task]] = record
