@@ -512,3 +512,20 @@ def test_the_report_names_data_files_that_differ_between_a_tables_runs():
     same = _provenance_section(records[:2])
     assert "differing" not in "\n".join(same) and "m.text.npz bbbbbbbbbbbb" in "\n".join(same)
     assert _provenance_section([]) == []
+
+
+def test_only_and_exclude_select_experiments_by_name_and_refuse_unknown_names(tmp_path, capsys):
+    for seed in range(2):
+        for exp, auc in ((SUITES["smoke"][0], 0.7), (SUITES["smoke"][1], 0.72)):
+            _write(tmp_path, exp, seed, _fake_record(exp.model, seed, auc + seed / 100))
+    assert _report(tmp_path, "--exclude", "DeepFM") == 0
+    md = (tmp_path / "results.md").read_text()
+    assert "| **DIN** (baseline) | 2 |" in md and "| DeepFM |" not in md
+    assert _report(tmp_path, "--only", "DeepFM") == 0
+    assert "| DeepFM | 2 |" in (tmp_path / "results.md").read_text()
+    for flags in (("--only", "DeepFm"), ("--exclude", "DIN,DIEN"), ("--exclude", "DIN,DeepFM")):
+        with pytest.raises(SystemExit):
+            _report(tmp_path, *flags)
+    err = capsys.readouterr().err
+    assert "['DeepFm'] are not in the smoke suite; its experiments: DIN, DeepFM" in err
+    assert "['DIEN'] are not in the smoke suite" in err and "leaves no experiment of the smoke suite" in err

@@ -31,6 +31,9 @@ def main(argv=None):
                         help=f"comma-separated, from {list(BUDGETS)}")
     parser.add_argument("--out", default=None, help="default: results/<dataset>")
     parser.add_argument("--only", default="", help="comma-separated experiment names to run")
+    parser.add_argument("--exclude", default="",
+                        help="comma-separated experiment names to leave out (e.g. a model too slow for this "
+                             "machine, run later on its own with --only)")
     parser.add_argument("--report-only", action="store_true", help="aggregate finished runs only")
     parser.add_argument("--allow-dirty", action="store_true",
                         help="write the report although the tree or a run had uncommitted changes (results.md "
@@ -64,6 +67,16 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     suite = SUITES[args.suite]
     only = {n for n in args.only.split(",") if n}
+    exclude = {n for n in args.exclude.split(",") if n}
+    names = list(dict.fromkeys(e.name for e in suite))
+    unknown_names = sorted((only | exclude) - set(names))
+    if unknown_names:  # a misspelt name would silently run nothing of that row
+        parser.error(f"--only/--exclude name(s) {unknown_names} are not in the {args.suite} suite; its "
+                     f"experiments: {', '.join(names)}")
+    if exclude:
+        only = {n for n in (only or names) if n not in exclude}
+        if not only:  # an empty set would mean "every experiment" below
+            parser.error(f"--exclude leaves no experiment of the {args.suite} suite to run")
     try:
         seeds = ([int(x) for x in args.seeds.split(",") if x.strip()] if "," in args.seeds
                  else list(range(int(args.seeds))))
