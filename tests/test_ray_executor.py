@@ -34,6 +34,7 @@ START_TIMEOUT = 60
 
 
 def free_ports(n):
+    """n distinct free ports: all held open at once, so no two are the same (separate calls may be)."""
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
         s.bind(("127.0.0.1", 0))
@@ -54,8 +55,8 @@ class LoopbackCluster:
         self.nodes = []  # Popen of each node's `ray start --block`, in start order
         self.address = None
 
-    def _start(self, args):
-        node_manager, object_manager, agent_listen, agent_grpc, metrics = free_ports(5)
+    def _start(self, args, ports):
+        node_manager, object_manager, agent_listen, agent_grpc, metrics = ports
         log = open(os.path.join(self.temp_dir, f"node{len(self.nodes)}.log"), "w+")
         command = [sys.executable, "-c", LOOPBACK_RAY, "start", "--block", "--node-ip-address=127.0.0.1",
                    "--num-cpus=1", f"--object-store-memory={100 * 1024 ** 2}", "--disable-usage-stats",
@@ -78,15 +79,17 @@ class LoopbackCluster:
         raise RuntimeError(f"ray start did not come up:\n{text[-3000:]}")
 
     def start_head(self):
-        port, client, dashboard, dashboard_grpc = free_ports(4)
+        # one allocation for all nine ports: the head's own four drawn apart from the node's five
+        # once collided (client server and metrics export on the same port, Ray refused to start)
+        *node_ports, port, client, dashboard, dashboard_grpc = free_ports(9)
         self._start(["--head", f"--port={port}", f"--temp-dir={os.path.join(self.temp_dir, 'ray')}", "--include-dashboard=false",
                      f"--ray-client-server-port={client}", f"--dashboard-port={dashboard}",
-                     f"--dashboard-grpc-port={dashboard_grpc}"])
+                     f"--dashboard-grpc-port={dashboard_grpc}"], node_ports)
         self.address = f"127.0.0.1:{port}"
         return self
 
     def add_node(self):
-        return self._start([f"--address={self.address}"])
+        return self._start([f"--address={self.address}"], free_ports(5))
 
     @staticmethod
     def kill(proc, sig=signal.SIGKILL):
