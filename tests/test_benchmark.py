@@ -514,6 +514,22 @@ def test_the_report_names_data_files_that_differ_between_a_tables_runs():
     assert _provenance_section([]) == []
 
 
+def test_the_report_names_runs_whose_validation_auc_stayed_at_chance():
+    from recbole_psrq.benchmark.report import _chance_line
+
+    def run(name, seed, valid, test=0.47):  # a LogLoss of 0.5 is no chance level
+        return {"table": "T2", "budget": "converge", "name": name, "seed": seed,
+                "best_valid_result": {"auc": valid, "logloss": 0.5}, "test_result": {"auc": test}}
+
+    records = [run("WideDeep", 1, 0.86), run("WideDeep", 0, 0.501), run("DIN", 2, 0.4905, 0.52),
+               run("DIN", 0, 0.489), run("DeepFM", 0, 0.511), {"table": "T2", "name": "Floor", "seed": 0}]
+    line = _chance_line(records, "auc")[0]
+    # sorted by name; DIN seed 0 (0.489) and DeepFM (0.511) are outside the margin, on either side
+    assert line.split("tests): ")[1] == ("DIN seed 2 (validation 0.4905, test 0.5200), WideDeep seed 0 "
+                                         "(validation 0.5010, test 0.4700).")
+    assert _chance_line(records[:1], "auc") == [] and _chance_line(records, "logloss") == []
+
+
 def test_only_and_exclude_select_experiments_by_name_and_refuse_unknown_names(tmp_path, capsys):
     for seed in range(2):
         for exp, auc in ((SUITES["smoke"][0], 0.7), (SUITES["smoke"][1], 0.72)):

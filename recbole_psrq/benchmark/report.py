@@ -139,6 +139,27 @@ def _floor_line(table_rows, metric):
                else "every trained row's mean is above it."), ""]
 
 
+# a run whose best validation AUC stays this close to 0.5 never learned to rank (it ends by early stopping
+# on a flat curve); such a run stays in the mean and the tests, and the report names it so that a large
+# spread over seeds can be read
+CHANCE_MARGIN = 0.01
+
+
+def _chance_line(table_records, metric):
+    """The runs of a table whose best validation ``metric`` (an AUC) is at chance level."""
+    if "auc" not in metric:
+        return []
+    flat = [r for r in table_records if r.get("best_valid_result")
+            and abs(r["best_valid_result"].get(metric, float("nan")) - 0.5) <= CHANCE_MARGIN]
+    if not flat:
+        return []
+    runs = [f"{r['name']} seed {r['seed']} (validation {r['best_valid_result'][metric]:.4f}, test "
+            f"{r['test_result'].get(metric, float('nan')):.4f})"
+            for r in sorted(flat, key=lambda r: (r["name"], r["seed"]))]
+    return [f"Runs that never learned (best validation `{metric}` within {CHANCE_MARGIN} of 0.5; kept in the "
+            "means and the tests): " + ", ".join(runs) + ".", ""]
+
+
 def _cold_bucket_line(table_rows):
     """The cold buckets' size on the table's test rows (the same rows for every run of a table)."""
     sizes = next((r["cold_rows"] for r in table_rows if r.get("cold_rows")), None)
@@ -345,6 +366,8 @@ def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=
             lines.append(f"| {name} | {r['n']} | " + " | ".join(cells) + f" | {r['wall']:.0f} |")
         lines.append("")
         lines += _floor_line(table_rows, metrics[0]) if metrics else []
+        table_records = [r for r in records if (r["table"], r["budget"]) == (table_rows[0]["table"], budget)]
+        lines += _chance_line(table_records, metrics[0]) if metrics else []
         lines += _cold_bucket_line(table_rows)
         lines += _difference_table(table_rows, metrics, BASELINES[table_rows[0]["table"]])
         lines += _claim_table([e for e in claims if (e["table"], e["budget"]) == (table_rows[0]["table"], budget)],
