@@ -274,7 +274,7 @@ def test_a_claim_across_tables_is_refused_when_the_tables_were_scored_on_differe
         "dataset and protocol settings.")
 
 
-def test_a_ctr_run_without_a_test_digest_is_refused(tmp_path, capsys):
+def test_a_run_without_a_test_digest_is_refused(tmp_path, capsys):
     din, deepfm = SUITES["smoke"]
     for seed in range(2):
         _write(tmp_path, din, seed, _fake_record("DIN", seed, 0.7))
@@ -283,8 +283,8 @@ def test_a_ctr_run_without_a_test_digest_is_refused(tmp_path, capsys):
         _write(tmp_path, deepfm, seed, record)
     assert _report(tmp_path) == 2
     out = capsys.readouterr().out
-    assert ("DeepFM (budget one_epoch, seed 0) has no test-row digest: it was made before runs recorded one, or "
-            "not under the ctr protocol. Delete its record under <out>/runs/ and rerun the suite.") in out
+    assert ("DeepFM (budget one_epoch, seed 0) has no test-row digest: it was made before runs recorded one. "
+            "Delete its record under <out>/runs/ and rerun the suite.") in out
 
 
 def test_a_report_from_uncommitted_changes_is_refused_unless_allowed(tmp_path, monkeypatch, capsys):
@@ -421,7 +421,7 @@ def test_summarize_single_seeds_missing_baselines_and_topk_metrics():
     assert list(topk) == ["recall@10"] and (topk["recall@10"].mean, topk["recall@10"].std) == (0.02, 0.0)
 
 
-def test_topk_runs_are_not_held_to_the_ctr_digest_rule():
+def test_topk_runs_are_held_to_the_digest_rule_like_ctr_runs():
     from recbole_psrq.benchmark.checks import IntegrityError, check_same_test_rows
     from recbole_psrq.benchmark.suites import Experiment
 
@@ -430,14 +430,22 @@ def test_topk_runs_are_not_held_to_the_ctr_digest_rule():
     def record(digest):
         return {"protocol": {"test_digest": digest} if digest else None}
 
-    # top-k runs: different rows per model and no digest are fine, in any budget
-    topk = {("early_stop", "TopK", "SASRec"): {0: record(None)},
+    # top-k models scored on the same rows pass, each budget on its own rows
+    same = {("early_stop", "TopK", "SASRec"): {0: record("a" * 64), 1: record("a" * 64)},
+            ("early_stop", "TopK", "GRU4Rec"): {0: record("a" * 64)},
             ("one_epoch", "TopK", "SASRec"): {0: record("b" * 64)},
-            ("one_epoch", "TopK", "GRU4Rec"): {0: record("c" * 64)}}
-    check_same_test_rows({**topk, ("one_epoch", "T2", "DIN"): {0: record("d" * 64)}}, suite)
-    # ... but a ctr run without a digest is still refused when a top-k table sorts before it
+            ("one_epoch", "T2", "DIN"): {0: record("d" * 64)}}
+    check_same_test_rows(same, suite)
+    # a top-k model scored on other rows (a general recommender's test split, another dataset) is refused
+    with pytest.raises(IntegrityError, match=f"TopK .budget early_stop. would compare runs scored on different "
+                                             f"test rows: GRU4Rec seed 0 has test digest {'a' * 12}…, "
+                                             f"SASRec seed 0 has {'c' * 12}…"):
+        check_same_test_rows({**same, ("early_stop", "TopK", "SASRec"): {0: record("c" * 64)}}, suite)
+    # ... and so is a top-k run without a digest, wherever it sorts
+    with pytest.raises(IntegrityError, match="TopK SASRec .budget one_epoch, seed 0. has no test-row digest"):
+        check_same_test_rows({**same, ("one_epoch", "TopK", "SASRec"): {0: record(None)}}, suite)
     with pytest.raises(IntegrityError, match="T2 DIN .budget one_epoch, seed 0. has no test-row digest"):
-        check_same_test_rows({**topk, ("one_epoch", "T2", "DIN"): {0: record(None)}}, suite)
+        check_same_test_rows({**same, ("one_epoch", "T2", "DIN"): {0: record(None)}}, suite)
     # the second run already differing from the first is found
     differing = {("one_epoch", "T2", "DIN"): {0: record("d" * 64), 1: record("e" * 64)}}
     with pytest.raises(IntegrityError, match=f"DIN seed 0 has test digest {'d' * 12}…, DIN seed 1 has {'e' * 12}…"):

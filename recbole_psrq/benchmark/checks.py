@@ -1,4 +1,4 @@
-"""What the benchmark refuses to report: CTR runs of one table (or of two tables a claim compares) scored on
+"""What the benchmark refuses to report: runs of one table (or of two tables a claim compares) scored on
 different test rows, and results made from (or aggregated in) a tree with uncommitted changes unless
 ``--allow-dirty``."""
 from recbole_psrq.benchmark.suites import CLAIM_ALSO_VERSUS
@@ -10,18 +10,16 @@ class IntegrityError(PSRQError):
 
 
 def check_same_test_rows(records_by_exp, suite):
-    """Every CTR run of a table (per budget) must carry the same test-row digest, recorded at dataset build
-    (``protocol_checks.test_digest`` in the run's result JSON). Raises :class:`IntegrityError` naming two
-    runs that differ, or a run that has no digest."""
+    """Every run of a table (per budget), CTR or top-k, must carry the same test-row digest, recorded at
+    dataset build (``protocol.test_digest`` in the run's result JSON). Raises :class:`IntegrityError` naming
+    two runs that differ, or a run that has no digest."""
     for (budget, table, name), by_seed in sorted(records_by_exp.items()):
-        if table == "TopK":
-            continue
         for seed, record in sorted(by_seed.items()):
             digest = (record.get("protocol") or {}).get("test_digest")
             if digest is None:
                 raise IntegrityError(
                     f"{table} {name} (budget {budget}, seed {seed}) has no test-row digest: it was made "
-                    "before runs recorded one, or not under the ctr protocol. Delete its record under "
+                    "before runs recorded one. Delete its record under "
                     "<out>/runs/ and rerun the suite.")
     for (budget, table), runs in _table_runs(records_by_exp).items():
         first = runs[0]
@@ -48,9 +46,8 @@ def check_same_test_rows(records_by_exp, suite):
 def _table_runs(records_by_exp):
     runs = {}
     for (budget, table, name), by_seed in sorted(records_by_exp.items()):
-        if table != "TopK":
-            runs.setdefault((budget, table), []).extend(
-                (name, seed, record["protocol"]["test_digest"]) for seed, record in sorted(by_seed.items()))
+        runs.setdefault((budget, table), []).extend(
+            (name, seed, record["protocol"]["test_digest"]) for seed, record in sorted(by_seed.items()))
     return runs
 
 
