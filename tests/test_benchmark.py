@@ -258,11 +258,12 @@ def test_runs_scored_on_different_test_rows_are_refused_in_one_table(tmp_path, c
 def test_a_claim_across_tables_is_refused_when_the_tables_were_scored_on_different_rows():
     from recbole_psrq.benchmark.checks import IntegrityError, check_same_test_rows
 
-    def by_exp(t3_digest):  # every table agrees within itself (2 seeds per row); T3 may differ from T4
+    # every table agrees within itself; T3 may differ from T4. One seed per row, so a table's second run is
+    # another model and the refusal must name each table's first run
+    def by_exp(t3_digest):
         runs = {("T3", "DIN"): t3_digest, ("T3", "DIN+PSRQ"): t3_digest, ("T4", "DIN"): "d" * 64,
                 ("T4", "PSRQ+MCCA"): "d" * 64}
-        return {("converge", t, n): {s: {"protocol": {"test_digest": digest}} for s in (0, 1)}
-                for (t, n), digest in runs.items()}
+        return {("converge", t, n): {0: {"protocol": {"test_digest": digest}}} for (t, n), digest in runs.items()}
 
     check_same_test_rows(by_exp("d" * 64), SUITES["mcca"])
     # only the claim T4 PSRQ+MCCA vs T3 DIN+PSRQ compares the two tables: the per-table rule cannot see this
