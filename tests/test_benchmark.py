@@ -84,7 +84,7 @@ def test_report_has_mean_std_and_paired_ttest_against_the_baseline(tmp_path, mon
     # the family is DeepFM's auc alone (its logloss equals DIN's on every seed: no p), so p_Holm = p
     assert (f"| DeepFM | auc | 3 | Δ {d.mean():+.4f} [{d.mean() - half:.4f}, {d.mean() + half:.4f}] "
             f"| p={p:.3g} | p_Holm={p:.3g} | better |") in md
-    assert "| DeepFM | logloss | 3 | Δ +0.0000 [0.0000, 0.0000] | p=– | p_Holm=– | not testable |" in md
+    assert "| DeepFM | logloss | 3 | Δ +0.0000 [–, –] | p=– | p_Holm=– | not testable |" in md
     assert "Holm family of this table: m = 1 comparisons" in md
     assert "Git commit:" in md and "recbole 1.2.1" in md
     with open(tmp_path / "results.csv") as f:

@@ -75,9 +75,20 @@ def test_round_off_tolerance_scales_with_the_values():
     # every difference is 0.1, but float round-off spreads them by ~3e-13 at this magnitude: still constant
     values, baseline = [1000.1, 2000.2, 3000.3], [1000.0, 2000.1, 3000.2]
     assert np.ptp(np.subtract(values, baseline)) > 1e-13
-    assert paired_ttest(values, baseline) == 0.0
+    assert np.isnan(paired_ttest(values, baseline))
     diff, low, high = paired_difference(values, baseline)
-    assert diff == pytest.approx(0.1) and low == diff and high == diff
+    assert diff == pytest.approx(0.1) and np.isnan(low) and np.isnan(high)
+    # a real spread just above the tolerance is tested
+    assert paired_ttest([1000.1, 2000.2, 3000.3 + 1e-6], baseline) < 0.05
+
+
+def test_round_off_tolerance_follows_the_larger_of_the_two_rows():
+    # a row near 1e6 against a row near 1: the differences are 1000000.1 up to one ulp (1.2e-10) of 1e6
+    small, large = [0.7, 0.8, 0.9], [1000000.8, 1000000.9, 1000001.0]
+    assert np.ptp(np.subtract(large, small)) > 1e-12
+    for values, baseline in ((large, small), (small, large)):
+        assert np.isnan(paired_ttest(values, baseline))
+        assert np.isnan(paired_difference(values, baseline)[1])
 
 
 def test_paired_difference_edge_cases():
@@ -87,18 +98,45 @@ def test_paired_difference_edge_cases():
         assert diff == pytest.approx(0.1) and np.isnan(low) and np.isnan(high)
         assert all(np.isnan(paired_difference([], [])))                      # no pairs
         assert all(np.isnan(paired_difference([0.7, 0.8], [0.6])))            # not paired
-        # every difference 0.1 (up to float round-off): zero variance, interval [d, d]
+        # every difference 0.1 (up to float round-off): zero spread, no estimate of the noise, no interval
         diff, low, high = paired_difference([0.8, 0.9, 1.0], [0.7, 0.8, 0.9])
-        assert diff == pytest.approx(0.1) and low == diff and high == diff
+        assert diff == pytest.approx(0.1) and np.isnan(low) and np.isnan(high)
 
 
-def test_paired_ttest_constant_nonzero_difference_is_zero_and_no_difference_is_nan():
+def test_paired_ttest_is_undefined_when_every_difference_is_the_same():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # scipy warns (and answers round-off noise) here: not asked
-        assert paired_ttest([0.8, 0.9, 1.0], [0.7, 0.8, 0.9]) == 0.0
+        assert np.isnan(paired_ttest([0.8, 0.9, 1.0], [0.7, 0.8, 0.9]))
         assert np.isnan(paired_ttest([0.8, 0.9, 1.0], [0.8, 0.9, 1.0]))
+        assert np.isnan(paired_ttest([0.7], [0.6]))                           # one pair
+        assert np.isnan(paired_ttest([], []))                                 # no pairs
+        assert np.isnan(paired_ttest([0.7, 0.8], [0.6]))                      # not paired
     assert paired_ttest([0.72, 0.74, 0.715], [0.70, 0.71, 0.69]) == pytest.approx(
         stats.ttest_rel([0.72, 0.74, 0.715], [0.70, 0.71, 0.69]).pvalue)
+
+
+def test_a_hit_count_difference_repeated_on_two_seeds_is_not_a_significant_result(tmp_path):
+    # the MPD top-k study's partial report (2 seeds): FDSA+SID 271 and 298 hits of 4,665 test users in the
+    # top 10, SASRec 411 and 438: Recall@10 differs by exactly 140 hits on both seeds. A t-test with zero
+    # spread said p = 0, p_Holm = 0, "worse", Δ [-0.0300, -0.0300]; nothing is known about the noise.
+    users = 4665
+    topk = [Experiment("TopK", "SASRec", "SASRec"), Experiment("TopK", "FDSA+SID", "FDSA")]
+    hits = {"SASRec": ([411, 438], [190, 195]), "FDSA+SID": ([271, 298], [128, 140])}
+    by_exp = {("converge", "TopK", name): {s: {"test_result": {"recall@10": r / users, "ndcg@10": n / users / 2},
+                                               "wall_seconds": 1.0} for s, (r, n) in enumerate(zip(*h))}
+              for name, h in hits.items()}
+    rows = summarize(by_exp, topk, ["converge"], [0, 1])
+    fdsa = next(r for r in rows if r["name"] == "FDSA+SID")
+    recall, ndcg = fdsa["metrics"]["recall@10"], fdsa["metrics"]["ndcg@10"]
+    assert recall.diff == pytest.approx(-140 / users) and recall.n_paired == 2
+    assert np.isnan(recall.ci_low) and np.isnan(recall.ci_high) and np.isnan(recall.p) and np.isnan(recall.p_holm)
+    # NDCG's differences (62 and 55 half-hits) have a spread: tested, in a family of one (recall is not in it)
+    assert ndcg.p == pytest.approx(stats.ttest_rel([128, 140], [190, 195]).pvalue) and ndcg.p_holm == ndcg.p
+    path = tmp_path / "results.md"
+    write_markdown(path, rows, "cmd", ENV, "mpd-5k-pop", [0, 1], [])
+    md = path.read_text()
+    assert "| FDSA+SID | recall@10 | 2 | Δ -0.0300 [–, –] | p=– | p_Holm=– | not testable |" in md
+    assert "m = 1 comparisons" in md
 
 
 # --- summarize ----------------------------------------------------------------------------------------

@@ -347,12 +347,15 @@ def write_markdown(path, rows, command, env, dataset, seeds, missing, not_clean=
              "Statistics: each method is compared with the table's baseline (DIN for T2-T4, SASRec for top-k) "
              "paired by seed (seed s against the baseline's seed s; seeds only one of them ran are left "
              "out). Δ = mean paired difference (method − baseline) with its 95% confidence interval from "
-             "the paired t distribution (t quantile with n−1 degrees of freedom, n = pairs; all differences "
-             "equal: [Δ, Δ]); p = two-sided paired t-test (all differences equal and non-zero: 0); p_Holm = "
+             "the paired t distribution (t quantile with n−1 degrees of freedom, n = pairs); p = two-sided "
+             "paired t-test; p_Holm = "
              "Holm-Bonferroni adjusted within each table and budget. The Holm family of a table is every "
              "(non-baseline row × metric) comparison with a p-value, all the table's metrics included; "
              "floors are reference rows: they get Δ and its interval but no p and are not in the family. "
-             "Verdicts (better / worse / n.s.) use p_Holm < 0.05, never the raw p.", ""]
+             "Verdicts (better / worse / n.s.) use p_Holm < 0.05, never the raw p. Not testable (no interval, "
+             "no p, not in the family): fewer than two pairs, or the same difference on every pair, which "
+             "leaves nothing to estimate the noise from (a hit-count metric such as Recall@K can differ by "
+             "the same number of hits on two seeds; a t-test would call that p = 0).", ""]
     if not_clean:
         lines += ["## Not from a clean commit (aggregated with `--allow-dirty`)", ""] + [
             f"- {reason}" for reason in not_clean] + [""]

@@ -30,7 +30,7 @@ class MetricStats(NamedTuple):
     """One metric of one row. ``diff`` = mean over paired seeds of (row − baseline), ``ci_low``/``ci_high``
     its 95% paired-t interval, ``p`` the two-sided paired t-test, ``p_holm`` Holm-adjusted within the
     table's family. NaN where undefined: the baseline row itself, no paired seeds (diff and CI), one
-    paired seed (CI and p), floors (p and p_holm). ``n_paired``: the number of seeds both runs have."""
+    paired seed (CI and p), the same difference on every paired seed (CI and p), floors (p and p_holm). ``n_paired``: the number of seeds both runs have."""
     mean: float
     std: float
     diff: float = float("nan")
@@ -53,24 +53,25 @@ def _differences(values, baseline):
 def paired_ttest(values, baseline):
     """Two-sided paired t-test p-value over seeds (``values[i]`` paired with ``baseline[i]``).
 
-    NaN when undefined: fewer than two pairs, unequal lengths, or values equal to the baseline (every
-    difference zero, up to float round-off). When every difference is the same non-zero number the
-    t statistic is infinite (zero variance) and scipy's answer is round-off noise or NaN; we return 0.0,
-    the limit of the p-value as the differences' spread goes to zero (their interval is [d, d] too)."""
+    NaN when undefined: fewer than two pairs, unequal lengths, or every difference the same (zero spread,
+    up to float round-off; values equal to the baseline included). The test estimates the noise from the
+    spread of the differences over seeds, and a zero estimate is not certainty: a hit-count metric
+    (Recall@K on one test item per user moves in steps of 1/users) can differ by the same number of hits on
+    two seeds, and seeds that do not change a run repeat one measurement. A t statistic of ±inf would give
+    p = 0 and a "significant" verdict from two seeds (scipy answers round-off noise or NaN there)."""
     from scipy import stats
 
     d, tol = _differences(values, baseline)
-    if d is None or len(d) < 2 or np.all(np.abs(d) <= tol):
+    if d is None or len(d) < 2 or np.ptp(d) <= tol:
         return float("nan")
-    if np.ptp(d) <= tol:
-        return 0.0
     return float(stats.ttest_rel(np.asarray(values, float), np.asarray(baseline, float)).pvalue)
 
 
 def paired_difference(values, baseline, confidence=CONFIDENCE):
     """(mean difference, CI low, CI high) of ``values − baseline`` over paired seeds: the t interval
     mean ± t_{n−1, (1+confidence)/2} · sd / √n. NaN interval with fewer than two pairs (everything NaN
-    with none or unequal lengths); differences all equal (zero variance, up to round-off) give [d, d]."""
+    with none or unequal lengths) or differences all equal (zero spread, up to round-off: no estimate of the
+    noise, see :func:`paired_ttest`; a [d, d] interval would claim certainty)."""
     from scipy import stats
 
     d, tol = _differences(values, baseline)
@@ -81,7 +82,7 @@ def paired_difference(values, baseline, confidence=CONFIDENCE):
     if len(d) < 2:
         return mean, nan, nan
     if np.ptp(d) <= tol:
-        return mean, mean, mean
+        return mean, nan, nan
     half = float(stats.t.ppf((1 + confidence) / 2, len(d) - 1) * np.std(d, ddof=1) / np.sqrt(len(d)))
     return mean, mean - half, mean + half
 
