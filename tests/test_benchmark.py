@@ -14,7 +14,9 @@ from scipy import stats
 from recbole_psrq.benchmark import runner
 from recbole_psrq.benchmark.cli import main
 from recbole_psrq.benchmark.runner import run_key, run_path
+from recbole_psrq.benchmark.stats import is_floor
 from recbole_psrq.benchmark.suites import BUDGETS, PAPER_SUITE, SUITES
+from recbole_psrq.benchmark.tuning import training_free
 from recbole_psrq.quick_start import PROJECT_ROOT
 
 CLEAN = {"commit": "0" * 40, "dirty": []}
@@ -330,6 +332,19 @@ def test_every_ctr_table_has_both_floors():
     assert {e.model for e in SUITES["mcca"] if e.model.endswith("Floor")} == {"PopularityFloor", "ContentFloor"}
     dien = next(e for e in PAPER_SUITE if e.model == "DIEN")
     assert "history_min_length" not in dien.overrides  # DIEN is scored on the same rows as DIN
+
+
+def test_the_topk_table_has_the_content_floor_under_its_protocol():
+    models = [e for e in SUITES["topk"] if e.name != "Floor: content (text)"]
+    floor = next(e for e in SUITES["topk"] if e.name == "Floor: content (text)")
+    assert floor.model == "ContentFloor" and is_floor(floor) and not any(is_floor(e) for e in models)
+    assert floor.overrides["protocol"] == "topk" and floor.overrides["epochs"] == 1
+    # validated on the same fixed users as the models, and a run of its own (not the CTR tables' floor)
+    assert {e.overrides["valid_user_fraction"] for e in models} == {floor.overrides["valid_user_fraction"]}
+    ctr_floor = next(e for e in SUITES["t2"] if e.model == "ContentFloor")
+    assert run_key(floor) != run_key(ctr_floor)
+    # training-free: the tuner skips it, so every top-k model but the floor gets the same grid
+    assert training_free(floor.model) and not any(training_free(e.model) for e in models)
 
 
 def test_a_changed_code_file_gives_new_runs(tmp_path, monkeypatch):

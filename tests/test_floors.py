@@ -179,3 +179,29 @@ def test_floor_runs_through_the_runner_and_its_checkpoint_reloads(toy, workdir, 
     assert test["coldauc_unseen_share"] == 0.75 and math.isnan(test["coldauc_unseen"])  # one label only
     again = quick_start.evaluate_checkpoint(result["checkpoint"])
     assert same_metrics(again, test)
+
+
+
+def test_content_floor_ranks_every_item_under_the_topk_protocol_on_the_sequential_models_rows(toy, workdir):
+    # the top-k table's floor (benchmark/suites.py): RecBole's full sort over every item, on the test rows
+    # SASRec is scored on (each user's last positive)
+    from recbole.data import data_preparation
+
+    overrides = toy_overrides(toy, protocol="topk", topk=[1, 2], valid_metric="NDCG@2")
+    result = quick_start.run("ContentFloor", dataset=NAME, overrides=overrides)
+    assert result["protocol"] == "topk"
+    config = quick_start.build_config("SASRec", dataset=NAME, overrides=toy_overrides(toy))
+    sasrec = quick_start.create_dataset(config)
+    data_preparation(config, sasrec)
+    assert config["protocol"] == "topk"
+    assert result["protocol_checks"]["test_rows"] == 4
+    assert result["protocol_checks"]["test_digest"] == sasrec.protocol_report["test_digest"]
+    assert {"recall@1", "recall@2", "ndcg@1", "ndcg@2"} <= set(result["test_result"])
+    assert same_metrics(quick_start.evaluate_checkpoint(result["checkpoint"]), result["test_result"])
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="PopularityFloor.full_sort_predict returns an expanded "
+                   "view and RecBole's full-sort evaluation writes into it; the fix changes the MPD study's code "
+                   "fingerprint, so it waits for the study's end (then drop this mark and add the floor to top-k)")
+def test_popularity_floor_under_the_topk_protocol(toy, workdir):
+    quick_start.run("PopularityFloor", dataset=NAME, overrides=toy_overrides(toy, protocol="topk"))
