@@ -569,3 +569,42 @@ def test_only_and_exclude_select_experiments_by_name_and_refuse_unknown_names(tm
     err = capsys.readouterr().err
     assert "['DeepFm'] are not in the smoke suite; its experiments: DIN, DeepFM" in err
     assert "['DIEN'] are not in the smoke suite" in err and "leaves no experiment of the smoke suite" in err
+
+
+def test_a_second_benchmark_process_in_the_same_out_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from recbole_psrq.benchmark.lock import hold_out_folder\n"
+         "with hold_out_folder(sys.argv[1], 'python -m recbole_psrq.benchmark --suite smoke --jobs 2'):\n"
+         "    print('held', flush=True)\n"
+         "    time.sleep(60)\n", str(out)],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code = main(["--suite", "smoke", "--seeds", "1", "--budgets", "one_epoch", "--out", str(out),
+                     "--report-only"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert f"is in use by another benchmark process (pid {holder.pid}, since " in err
+        assert "--suite smoke --jobs 2)" in err and "give this one another --out" in err
+        assert not (out / "benchmark.log").exists() and not (out / "results.md").exists()  # nothing touched
+    finally:
+        holder.kill()  # SIGKILL: no cleanup ran, the kernel drops the lock with the process
+        holder.wait(timeout=30)
+    # the killed holder left no stale lock: the folder is free again (report-only: no runs yet, exit 1)
+    assert main(["--suite", "smoke", "--seeds", "1", "--budgets", "one_epoch", "--out", str(out),
+                 "--report-only"]) == 1
+    assert (out / "results.md").exists()
+
+
+def test_the_out_folder_lock_is_released_after_each_driver_in_one_process(tmp_path):
+    from recbole_psrq.benchmark.lock import OutFolderBusy, hold_out_folder
+
+    with hold_out_folder(str(tmp_path), "first"):
+        with pytest.raises(OutFolderBusy, match=r"\(pid \d+, since .*: first\)"):
+            with hold_out_folder(str(tmp_path), "second"):
+                pass
+    with hold_out_folder(str(tmp_path), "third"):  # released on leaving the block
+        assert (tmp_path / ".benchmark.lock").read_text().endswith(": third")

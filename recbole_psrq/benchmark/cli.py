@@ -1,6 +1,7 @@
 """The command line of ``python -m recbole_psrq.benchmark``: run (or resume) a suite, then write the
 report (``results.md``/``.csv``/``.tex``, plots, ``environment.json``) and ``benchmark.log`` in ``--out``."""
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -11,6 +12,7 @@ from recbole_psrq.benchmark.plots import plot_claims, plot_metrics, plot_sid_dri
 from recbole_psrq.benchmark.report import (environment, read_sid_reports, write_csv, write_latex, write_markdown,
                                            write_sid_quality_csv)
 from recbole_psrq.benchmark.checks import IntegrityError, check_same_test_rows, dirty_sources
+from recbole_psrq.benchmark.lock import OutFolderBusy, hold_out_folder
 from recbole_psrq.benchmark.runner import (EXECUTORS, collect_runs, git_state, make_executor, progress, run_key,
                                            shown_path)
 from recbole_psrq.benchmark.tuning import training_free, tune_suite
@@ -20,13 +22,19 @@ from recbole_psrq.errors import PSRQError
 
 
 def main(argv=None):
+    with contextlib.ExitStack() as held:
+        return _main(argv, held)
+
+
+def _main(argv, held):
     parser = argparse.ArgumentParser(prog="python -m recbole_psrq.benchmark",
                                      description=benchmark.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default="paper", choices=sorted(SUITES))
     parser.add_argument("--dataset", default="synthetic_music")
     parser.add_argument("--seeds", default="5",
-                        help="N (seeds 0..N-1) or a comma-separated list, e.g. 1,2 to split a suite over processes")
+                        help="N (seeds 0..N-1) or a comma-separated list, e.g. 1,2 (one driver per --out folder: "
+                             "run in parallel with --jobs or --executor ray)")
     parser.add_argument("--budgets", default="one_epoch,early_stop",
                         help=f"comma-separated, from {list(BUDGETS)}")
     parser.add_argument("--out", default=None, help="default: results/<dataset>")
@@ -65,6 +73,12 @@ def main(argv=None):
         parser.error(f"unknown budget(s) {bad}; use {list(BUDGETS)}")
     out = os.path.abspath(args.out or os.path.join("results", args.dataset))
     os.makedirs(out, exist_ok=True)
+    command = "python -m recbole_psrq.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
+    try:
+        held.enter_context(hold_out_folder(out, command))
+    except OutFolderBusy as e:  # not logged: benchmark.log belongs to the other process
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     suite = SUITES[args.suite]
     only = {n for n in args.only.split(",") if n}
     exclude = {n for n in args.exclude.split(",") if n}
@@ -90,7 +104,6 @@ def main(argv=None):
         with open(log_path, "a") as f:
             f.write(line + "\n")
 
-    command = "python -m recbole_psrq.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
     executor = None
     try:
         if not args.report_only:
