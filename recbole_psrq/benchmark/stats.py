@@ -30,7 +30,8 @@ class MetricStats(NamedTuple):
     """One metric of one row. ``diff`` = mean over paired seeds of (row − baseline), ``ci_low``/``ci_high``
     its 95% paired-t interval, ``p`` the two-sided paired t-test, ``p_holm`` Holm-adjusted within the
     table's family. NaN where undefined: the baseline row itself, no paired seeds (diff and CI), one
-    paired seed (CI and p), the same difference on every paired seed (CI and p), floors (p and p_holm). ``n_paired``: the number of seeds both runs have."""
+    paired seed or the same difference on every paired seed (CI and p), floors (p and p_holm).
+    ``n_paired``: the number of seeds both runs have."""
     mean: float
     std: float
     diff: float = float("nan")
@@ -79,9 +80,7 @@ def paired_difference(values, baseline, confidence=CONFIDENCE):
     if d is None or len(d) == 0:
         return nan, nan, nan
     mean = float(np.mean(d))
-    if len(d) < 2:
-        return mean, nan, nan
-    if np.ptp(d) <= tol:
+    if len(d) < 2 or np.ptp(d) <= tol:
         return mean, nan, nan
     half = float(stats.t.ppf((1 + confidence) / 2, len(d) - 1) * np.std(d, ddof=1) / np.sqrt(len(d)))
     return mean, mean - half, mean + half
