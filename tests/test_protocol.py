@@ -1,6 +1,7 @@
 """One protocol for every model: the same candidate rows (test digest), positive-only histories, and
 the checks that stop a run when they do not hold (recbole_psrq/data/dataset.py, data/history.py)."""
 import importlib
+import re
 
 import numpy as np
 import pytest
@@ -13,18 +14,20 @@ from recbole_psrq.data.dataset import PROJECT_DATASETS, ProtocolMixin, SIDFields
 from recbole_psrq.errors import ConfigError, DataFormatError
 
 
-def _mpd_like(root, n_users=40, n_items=60, positives=10, seed=0):
-    """MPD's layout: each positive row is followed by its sampled label-0 row (time + 1)."""
+def _mpd_like(root, n_users=40, n_items=60, positives=10, seed=0, first_time=0, reverse=False):
+    """MPD's layout: each positive row is followed by its sampled label-0 row (time + 1). Times start at
+    ``first_time``; ``reverse`` writes the rows in the opposite order (a file not sorted by time)."""
     rng = np.random.default_rng(seed)
     folder = root / "mpdlike"
     folder.mkdir(parents=True)
-    lines = ["user_id:token\titem_id:token\ttimestamp:float\tlabel:float"]
+    lines = []
     for user in range(n_users):
         items = rng.choice(n_items, size=2 * positives, replace=False)
         for k in range(positives):
-            lines.append(f"p{user}\tt{items[k]}\t{2 * k}\t1")
-            lines.append(f"p{user}\tt{items[positives + k]}\t{2 * k + 1}\t0")
-    (folder / "mpdlike.inter").write_text("\n".join(lines) + "\n")
+            lines.append(f"p{user}\tt{items[k]}\t{first_time + 2 * k}\t1")
+            lines.append(f"p{user}\tt{items[positives + k]}\t{first_time + 2 * k + 1}\t0")
+    header = "user_id:token\titem_id:token\ttimestamp:float\tlabel:float"
+    (folder / "mpdlike.inter").write_text("\n".join([header] + (lines[::-1] if reverse else lines)) + "\n")
     return str(root)
 
 
@@ -166,17 +169,74 @@ def test_all_row_histories_under_ctr_stop_the_run(mpd_like, workdir):
         _build("DIN", mpd_like, history_positive_only=False)
 
 
-def test_dropping_candidate_rows_stops_the_run(mpd_like, workdir):
+# the example row is one that was dropped (each user's first rows, whose history is empty), also where the
+# loaded times are no float32 numbers (shown as RecBole stores them) and the first row of the file (the last
+# user's last) was kept
+@pytest.mark.parametrize("first_time, shown_time, reverse",
+                         [(0, "0.0", False), (0.1, "0.10000000149011612", True)])
+def test_dropping_candidate_rows_stops_the_run(tmp_path, workdir, first_time, shown_time, reverse):
+    data_path = _mpd_like(tmp_path / "data", first_time=first_time, reverse=reverse)
     with pytest.raises(ConfigError, match=r"'every_row_a_candidate' failed: 40 of the 800 loaded rows of "
                                           r"'mpdlike' are no candidate row, e\.g\. \(user_id p\d+, item_id t\d+, "
-                                          r"timestamp 0\.0\)\..*history_min_length must be 0 or unset \(it is 1;"):
-        _build("DIEN", mpd_like, history_min_length=1)
+                                          rf"timestamp {re.escape(shown_time)}\)\..*history_min_length must be 0 "
+                                          r"or unset \(it is 1;.* history_positive_only True \(it is True\)\.$"):
+        _build("DIEN", data_path, history_min_length=1)
+
+
+# Both protocols order each user's rows by time and read the 0/1 label (ctr: the target; top-k: which rows are
+# positives). Today a missing time column is pandas' KeyError from ProtocolMixin.build, a missing label under
+# top-k RecBole's "Field [label] not defined", and DeepFM builds without a label (and would fail in training).
+@pytest.mark.xfail(strict=True, reason="to fix after the MPD study (data/ is in every run's fingerprint)")
+@pytest.mark.parametrize("model, column", [("DIN", "timestamp"), ("SASRec", "timestamp"), ("SASRec", "label"),
+                                           ("DeepFM", "label")])
+def test_interactions_without_the_time_or_label_column_are_a_clear_error(mpd_like, workdir, model, column):
+    loaded = [c for c in ("user_id", "item_id", "timestamp", "label") if c != column]
+    with pytest.raises((ConfigError, DataFormatError), match=rf"'{column}'.*load_col"):
+        _build(model, mpd_like, load_col={"inter": loaded})
+
+
+def _rows_and_histories(data, test):
+    """{(user, item, label): history item tokens} of the built rows, and the test split's rows."""
+    inter, token = data.inter_feat, data.field2id_token
+    keys = list(zip(token["user_id"][inter["user_id"].numpy()], token["item_id"][inter["item_id"].numpy()],
+                    inter["label"].numpy().tolist()))
+    histories = [tuple(token["item_id"][row[:length]]) for row, length in
+                 zip(inter["item_id_list"].numpy(), inter["item_length"].numpy())]
+    test_rows = set(zip(token["user_id"][test.inter_feat["user_id"].numpy()],
+                        token["item_id"][test.inter_feat["item_id"].numpy()]))
+    return dict(zip(keys, histories)), test_rows
+
+
+UNIX_SECONDS = 1_600_000_000  # 2020-09-13, as the Amazon and Last.fm converters write times
+FLOAT32_TIMES = ("RecBole stores float fields as float32, exact up to 2**24 (194 days in seconds): unix-second "
+                 "times less than 128 s apart become equal, equal times fall back to the file's row order and "
+                 "share no history. To fix after the MPD study (data/ is in every run's fingerprint): rank the "
+                 "times (float64, as loaded) before RecBole rounds them.")
+
+
+@pytest.mark.xfail(strict=True, reason=FLOAT32_TIMES)
+def test_unix_second_times_in_a_file_not_sorted_by_time_split_like_small_times(tmp_path, workdir):
+    small = _rows_and_histories(*_build("DIN", _mpd_like(tmp_path / "small", reverse=True)))
+    unix = _rows_and_histories(*_build("DIN", _mpd_like(tmp_path / "unix", first_time=UNIX_SECONDS,
+                                                         reverse=True)))
+    assert unix[1] == small[1]  # each user's last two rows are the test rows
+
+
+@pytest.mark.xfail(strict=True, reason=FLOAT32_TIMES)
+def test_unix_second_times_keep_the_histories_of_small_times(tmp_path, workdir):
+    small = _rows_and_histories(*_build("DIN", _mpd_like(tmp_path / "small")))
+    unix = _rows_and_histories(*_build("DIN", _mpd_like(tmp_path / "unix", first_time=UNIX_SECONDS)))
+    assert unix[1] == small[1]  # a file sorted by user and time (every converter's output) splits right
+    assert unix[0] == small[0]
 
 
 def test_digest_is_of_raw_rows_and_changes_with_a_test_row(mpd_like, workdir, tmp_path):
     din, test = _build("DIN", mpd_like)
     first = din.protocol_report["test_digest"]
-    assert len(first) == 64 and din.protocol_report["test_rows"] == 80
+    assert din.protocol_report["test_rows"] == 80
+    # pinned: a table's runs may come from several commits (the MPD study's from four) and are held to one
+    # digest, so how the rows are written into it must not change
+    assert first == "5518f67c17e8dc5708a4d7c18cd3dbbdf9953d726e6da17672e811e366fbe124"
     assert project_datasets.rows_digest(test) == first
     # the same rows under other remapped ids (another file order) give the same digest
     inter = tmp_path / "data" / "mpdlike" / "mpdlike.inter"
@@ -221,35 +281,44 @@ def test_user_fraction_keeps_the_same_users_with_all_their_rows(tiny_data_path, 
         users("DeepFM", 1.5)
 
 
-def _split_users(config_model, data_path, **extra):
+def _split_rows(config_model, data_path, **extra):
+    """The built dataset and its train, valid and test splits, each as sorted (user, item, label) rows."""
     config = _config(config_model, data_path, **extra)
     data = quick_start.create_dataset(config)
     train, valid, test = data_preparation(config, data)
 
-    def users(loader):
-        inter = loader._dataset.inter_feat
-        return sorted(data.field2id_token[data.uid_field][inter[data.uid_field].numpy()]), len(inter)
-    return data, users(train), users(valid), users(test)
+    def rows(loader):
+        inter, token = loader._dataset.inter_feat, data.field2id_token
+        return sorted(zip(token["user_id"][inter["user_id"].numpy()], token["item_id"][inter["item_id"].numpy()],
+                          inter["label"].numpy().tolist()))
+    return data, rows(train), rows(valid), rows(test)
 
 
 @pytest.mark.parametrize("model", ["SASRec", "DIN"])
 def test_valid_user_fraction_validates_on_a_fixed_user_subset_and_keeps_train_and_test(mpd_like, workdir,
                                                                                        model):
-    full, train, valid, test = _split_users(model, mpd_like)
-    part, train_part, valid_part, test_part = _split_users(model, mpd_like, valid_user_fraction=0.5)
-    kept = project_datasets.hashed_users(set(valid[0]), 0.5, "valid_user_fraction")
-    assert 0 < len(kept) < len(set(valid[0]))
-    assert set(valid_part[0]) == kept
-    # every validation row of a kept user stays
-    assert valid_part[1] == sum(u in kept for u in valid[0]) < valid[1]
+    full, train, valid, test = _split_rows(model, mpd_like)
+    part, train_part, valid_part, test_part = _split_rows(model, mpd_like, valid_user_fraction=0.5)
+    users = {row[0] for row in valid}
+    kept = project_datasets.hashed_users(users, 0.5, "valid_user_fraction")
+    assert 0 < len(kept) < len(users)
+    # every validation row of a kept user, and no other row (the test rows are of the same users)
+    assert valid_part == [row for row in valid if row[0] in kept]
     assert train_part == train and test_part == test
     assert part.protocol_report["test_digest"] == full.protocol_report["test_digest"]
     # nested: a smaller fraction validates on a subset of a larger one's users
-    smaller = project_datasets.hashed_users(set(valid[0]), 0.25, "valid_user_fraction")
+    smaller = project_datasets.hashed_users(users, 0.25, "valid_user_fraction")
     assert smaller <= kept
+    assert _split_rows(model, mpd_like, valid_user_fraction=1)[1:] == (train, valid, test)
+
+
+def test_a_valid_user_fraction_that_keeps_no_user_is_a_config_error(mpd_like, workdir):
+    with pytest.raises(ConfigError, match=r"^valid_user_fraction 0\.01 keeps none of the 40 validation users of "
+                                          r"'mpdlike'; use a larger fraction\.$"):
+        _split_rows("SASRec", mpd_like, valid_user_fraction=0.01)
 
 
 @pytest.mark.parametrize("value", [0, 1.5, "half", True])
 def test_a_bad_valid_user_fraction_is_a_config_error(mpd_like, workdir, value):
     with pytest.raises(ConfigError, match=r"^valid_user_fraction must be a number in \(0, 1\], got "):
-        _split_users("SASRec", mpd_like, valid_user_fraction=value)
+        _split_rows("SASRec", mpd_like, valid_user_fraction=value)
