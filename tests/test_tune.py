@@ -27,6 +27,8 @@ def test_project_space_files_parse_every_kind(tmp_path):
     dist = space.distributions()
     assert dist["learning_rate"].log and dist["learning_rate"].low == 1e-4
     assert not dist["dropout_prob"].log and dist["reg"].step == 0.25
+    n_layers = dist["n_layers"]
+    assert type(n_layers).__name__ == "IntDistribution" and (n_layers.low, n_layers.high) == (1, 3)
     # a list choice goes to Optuna as text and comes back as the list
     assert space.values({**{k: None for k in space.params}, "mlp_hidden_size": "[64]", "learning_rate": 0.001,
                          "dropout_prob": 0.1, "n_layers": 2, "reg": 0.5,
@@ -44,12 +46,47 @@ def test_recbole_hyper_files_keep_recboles_meaning(tmp_path):
     assert space.params["reg_weight"].step == 0.1
 
 
+def test_recbole_hyper_files_read_every_kind_with_spaces_inside_a_choice(tmp_path):
+    path = tmp_path / "model.hyper"
+    path.write_text("mlp_hidden_size choice [[256, 128], [64]]\ndropout_prob uniform 0.0,0.5\n"
+                    "reg_weight quniform 0,1,0.1\nlearning_rate loguniform -8,0\n")
+    space = read_space(str(path))
+    assert space.describe() == {"mlp_hidden_size": "choice([[256, 128], [64]])",
+                                "dropout_prob": "uniform(0, 0.5)", "reg_weight": "quniform(0, 1, 0.1)",
+                                "learning_rate": "loguniform(0.000335463, 1)"}  # e^-8 .. e^0
+    assert space.sources == [str(path)]
+
+
+@pytest.mark.parametrize("line, needle", [
+    ("learning_rate", "expected 'key type args' (e.g. 'learning_rate loguniform -8,0'), got 'learning_rate'."),
+    ("embedding_size choice [64, 96", "choice for 'embedding_size' needs a Python list, got '[64, 96'."),
+    ("dropout_prob normal 0,1", "unsupported 'normal 0,1' for 'dropout_prob'; RecBole hyper files use choice "
+                                "[..], uniform a,b, quniform a,b,q or loguniform a,b (natural-log bounds)."),
+    ("dropout_prob uniform 0,0.5,0.1", "unsupported 'uniform 0,0.5,0.1' for 'dropout_prob'"),
+    ("reg_weight quniform 0,1", "unsupported 'quniform 0,1' for 'reg_weight'"),
+    ("learning_rate loguniform -8,0,1", "unsupported 'loguniform -8,0,1' for 'learning_rate'"),
+    ("dropout_prob uniform a,0.5", "'a' is not a number."),
+    ("dropout_prob uniform 0.5,0.1", "the lower bound must be below the upper bound, got 0.5 and 0.1."),
+    ("reg_weight quniform 1,0,0.1", "the lower bound must be below the upper bound, got 1 and 0."),
+    ("learning_rate loguniform 0,-1", "the lower bound must be below the upper bound, got 1.0 and "),
+])
+def test_bad_recbole_hyper_lines_name_the_file_and_line(tmp_path, line, needle):
+    path = tmp_path / "model.hyper"
+    path.write_text(f"# a comment, a blank line, an indented comment\n\n  # {line}\n{line}\n")
+    with pytest.raises(ConfigError) as error:
+        read_space(str(path))
+    assert str(error.value).startswith(f"{path}, line 4: ") and needle in str(error.value)
+
+
 @pytest.mark.parametrize("text, needle", [
     ("learning_rate: loguniform(0, 1e-2)", "bounds > 0"),
     ("learning_rate: uniform(0.5, 0.1)", "lower bound must be below"),
+    ("dropout_prob: uniform(0.3, 0.3)", "lower bound must be below the upper bound, got 0.3 and 0.3."),
     ("n: int(1.5, 3)", "whole numbers"),
     ("n: choice([])", "non-empty list"),
-    ("n: normal(0, 1)", "is not a distribution"),
+    ("n: normal(0, 1)", "'n: normal(0, 1)' is not a distribution; write one of loguniform(low, high), "
+                        "uniform(low, high), quniform(low, high, step), int(low, high), choice([a, b, ...])."),
+    ("reg: quniform(0, 1)", "quniform for 'reg' takes 3 numbers, got '0, 1'."),
     ("n: uniform(a, 1)", "'a' is not a number"),
 ])
 def test_bad_space_entries_name_the_file_and_key(tmp_path, text, needle):
@@ -61,6 +98,18 @@ def test_bad_space_entries_name_the_file_and_key(tmp_path, text, needle):
     assert f"key '{text.split(':')[0]}'" in str(error.value)
 
 
+@pytest.mark.parametrize("text, needle", [
+    ("learning_rate: [0.001", "is not valid yaml: "),
+    ("- learning_rate\n", ": a search space maps config keys to distributions."),
+])
+def test_a_space_file_that_is_no_mapping_is_named(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        read_space(str(path))
+    assert str(error.value).startswith(f"{path}") and needle in str(error.value)
+
+
 def test_keys_an_experiment_fixes_leave_the_space():
     space = Space([parse_entry("sid_levels", "choice([2, 3])", "x"), parse_entry("learning_rate",
                   "loguniform(1e-4, 1e-2)", "x"), parse_entry("sid_quantizer_options.prefix_weight",
@@ -70,19 +119,43 @@ def test_keys_an_experiment_fixes_leave_the_space():
     # fixing the whole dict setting fixes the keys inside it
     assert list(space.without({"sid_quantizer_options": "{}"}).params) == ["sid_levels", "learning_rate"]
     assert space.without({"sid_levels": 1}).hash() != space.hash()
+    named = Space(list(space.params.values()), ["a.yaml", "sid.yaml"])
+    assert named.without({"sid_levels": 1}).sources == ["a.yaml", "sid.yaml"]
+
+
+def test_space_hashes_are_stable_across_commits():
+    # a tuning study resumes only under its space's hash, and the MPD study's frozen configurations and
+    # report name these two: how a space is hashed must not change
+    assert read_space(os.path.join(space_mod.HYPER_DIR, "DIN.yaml")).hash() == "ed97ab4950f3"
+    assert read_space(os.path.join(space_mod.HYPER_DIR, "topk_lr.yaml")).hash() == "0ebd9f07e2a7"
+
+
+def test_a_missing_space_file_is_named_and_yml_is_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=rf"^Search space file not found: {tmp_path}/none\.yaml\.$"):
+        read_space(str(tmp_path / "none.yaml"))
+    path = tmp_path / "s.yml"
+    path.write_text("learning_rate: choice([0.001, 0.003])\n")
+    assert read_space(str(path)).describe() == {"learning_rate": "choice([0.001, 0.003])"}
 
 
 def test_dotted_keys_update_the_dict_setting_and_keep_its_other_entries():
     overrides = apply_values({"sid_quantizer_options.prefix_weight": "auto", "learning_rate": 0.01},
                              {"sid_quantizer_options": {"niter": 30}})
     assert overrides == {"sid_quantizer_options": {"niter": 30, "prefix_weight": "auto"}, "learning_rate": 0.01}
+    # two keys inside one dict setting: both updates stay
+    both = apply_values({"sid_quantizer_options.prefix_weight": 2.0, "sid_quantizer_options.niter": 10},
+                        {"sid_quantizer_options": {"niter": 30, "seed": 1}})
+    assert both == {"sid_quantizer_options": {"niter": 10, "prefix_weight": 2.0, "seed": 1}}
 
 
 def test_the_default_spaces_add_sid_settings_only_with_sids_and_prefix_weight_only_for_psrq():
+    hyper = os.path.join(space_mod.HYPER_DIR, "{}.yaml").format
     plain = space_mod.default_space("DIN", uses_sids=False, quantizer="psrq")
-    assert "learning_rate" in plain.params and not any(k.startswith("sid_") for k in plain.params)
+    assert plain.describe() == read_space(hyper("DIN")).describe()  # the model's own file
+    assert "mlp_hidden_size" in plain.params and not any(k.startswith("sid_") for k in plain.params)
     with_psrq = space_mod.default_space("MCCA", uses_sids=True, quantizer="psrq")
     assert {"sid_codebook_size", "sid_levels", "sid_quantizer_options.prefix_weight"} <= set(with_psrq.params)
+    assert with_psrq.sources == [hyper("MCCA"), hyper("sid")]
     with_pq = space_mod.default_space("DIN", uses_sids=True, quantizer="pq")
     assert "sid_codebook_size" in with_pq.params and "sid_quantizer_options.prefix_weight" not in with_pq.params
     # a model without a file of its own gets the default space
