@@ -196,7 +196,7 @@ def test_interactions_without_the_time_or_label_column_are_a_clear_error(mpd_lik
 
 
 def _rows_and_histories(data, test):
-    """{(user, item, label): history item tokens} of the built rows, and the test split's rows."""
+    """{(user, item, label): history item tokens} of the built rows, and the test split's (user, item)s."""
     inter, token = data.inter_feat, data.field2id_token
     keys = list(zip(token["user_id"][inter["user_id"].numpy()], token["item_id"][inter["item_id"].numpy()],
                     inter["label"].numpy().tolist()))
@@ -207,11 +207,11 @@ def _rows_and_histories(data, test):
     return dict(zip(keys, histories)), test_rows
 
 
-UNIX_SECONDS = 1_600_000_000  # 2020-09-13, as the Amazon and Last.fm converters write times
+UNIX_SECONDS = 1_600_000_000  # 2020-09-13, as the Music4All, Amazon, Last.fm and LFM converters write times
 FLOAT32_TIMES = ("RecBole stores float fields as float32, exact up to 2**24 (194 days in seconds): unix-second "
-                 "times less than 128 s apart become equal, equal times fall back to the file's row order and "
-                 "share no history. To fix after the MPD study (data/ is in every run's fingerprint): rank the "
-                 "times (float64, as loaded) before RecBole rounds them.")
+                 "times fall into 128 s steps, equal times fall back to the file's row order and share no "
+                 "history. To fix after the MPD study (data/ is in every run's fingerprint): rank the times "
+                 "(float64, as loaded) before RecBole rounds them.")
 
 
 @pytest.mark.xfail(strict=True, reason=FLOAT32_TIMES)
