@@ -334,17 +334,20 @@ def test_every_ctr_table_has_both_floors():
     assert "history_min_length" not in dien.overrides  # DIEN is scored on the same rows as DIN
 
 
-def test_the_topk_table_has_the_content_floor_under_its_protocol():
-    models = [e for e in SUITES["topk"] if e.name != "Floor: content (text)"]
-    floor = next(e for e in SUITES["topk"] if e.name == "Floor: content (text)")
-    assert floor.model == "ContentFloor" and is_floor(floor) and not any(is_floor(e) for e in models)
-    assert floor.overrides["protocol"] == "topk" and floor.overrides["epochs"] == 1
-    # validated on the same fixed users as the models, and a run of its own (not the CTR tables' floor)
-    assert {e.overrides["valid_user_fraction"] for e in models} == {floor.overrides["valid_user_fraction"]}
-    ctr_floor = next(e for e in SUITES["t2"] if e.model == "ContentFloor")
-    assert run_key(floor) != run_key(ctr_floor)
-    # training-free: the tuner skips it, so every top-k model but the floor gets the same grid
-    assert training_free(floor.model) and not any(training_free(e.model) for e in models)
+def test_the_topk_table_has_both_floors_under_its_protocol():
+    floors = [e for e in SUITES["topk"] if e.name.startswith("Floor: ")]
+    models = [e for e in SUITES["topk"] if e not in floors]
+    assert {e.model for e in floors} == {"PopularityFloor", "ContentFloor"}
+    assert all(is_floor(e) for e in floors) and not any(is_floor(e) for e in models)
+    ctr_floors = {e.model: e for e in SUITES["t2"] if is_floor(e)}
+    for floor in floors:
+        assert floor.overrides["protocol"] == "topk" and floor.overrides["epochs"] == 1
+        # validated on the same fixed users as the models, and a run of its own (not the CTR tables' floor)
+        assert {e.overrides["valid_user_fraction"] for e in models} == {floor.overrides["valid_user_fraction"]}
+        assert run_key(floor) != run_key(ctr_floors[floor.model])
+        # training-free: the tuner skips it, so every top-k model but the floors gets the same grid
+        assert training_free(floor.model)
+    assert not any(training_free(e.model) for e in models)
 
 
 def test_a_changed_code_file_gives_new_runs(tmp_path, monkeypatch):

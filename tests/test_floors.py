@@ -200,8 +200,19 @@ def test_content_floor_ranks_every_item_under_the_topk_protocol_on_the_sequentia
     assert same_metrics(quick_start.evaluate_checkpoint(result["checkpoint"]), result["test_result"])
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="PopularityFloor.full_sort_predict returns an expanded "
-                   "view and RecBole's full-sort evaluation writes into it; the fix changes the MPD study's code "
-                   "fingerprint, so it waits for the study's end (then drop this mark and add the floor to top-k)")
+# Under top-k each user's label-1 rows are a sequence, the last the test target, the one before it the valid
+# target; every earlier one but the first is a training target: a 8, b 5, e 1, c and f 0 (d is never label 1,
+# so it is no item). The test targets (u1 c, u2 f, u3 f, u4 c) tie at ranks 4-5 behind a, b and e.
+TOPK_TRAIN_TARGETS = {"a": 8, "b": 5, "e": 1, "c": 0, "f": 0}
+
+
 def test_popularity_floor_under_the_topk_protocol(toy, workdir):
-    quick_start.run("PopularityFloor", dataset=NAME, overrides=toy_overrides(toy, protocol="topk"))
+    overrides = toy_overrides(toy, protocol="topk", topk=[3, 5], valid_metric="NDCG@5")
+    result = quick_start.run("PopularityFloor", dataset=NAME, overrides=overrides)
+    model = torch.load(result["checkpoint"], weights_only=False)["state_dict"]
+    config, train, _, _ = splits(toy, "PopularityFloor", protocol="topk")
+    counts = model["train_positive_count"]
+    assert {t: int(counts[train.token2id(train.iid_field, t)]) for t in TOPK_TRAIN_TARGETS} == TOPK_TRAIN_TARGETS
+    test = result["test_result"]
+    assert test["recall@3"] == 0 and test["recall@5"] == 1
+    assert 1 / 5 <= test["mrr@5"] <= 1 / 4

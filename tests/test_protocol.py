@@ -1,6 +1,8 @@
 """One protocol for every model: the same candidate rows (test digest), positive-only histories, and
 the checks that stop a run when they do not hold (recbole_psrq/data/dataset.py, data/history.py)."""
+import hashlib
 import importlib
+import pathlib
 import re
 
 import numpy as np
@@ -170,10 +172,9 @@ def test_all_row_histories_under_ctr_stop_the_run(mpd_like, workdir):
 
 
 # the example row is one that was dropped (each user's first rows, whose history is empty), also where the
-# loaded times are no float32 numbers (shown as RecBole stores them) and the first row of the file (the last
-# user's last) was kept
-@pytest.mark.parametrize("first_time, shown_time, reverse",
-                         [(0, "0.0", False), (0.1, "0.10000000149011612", True)])
+# loaded times are no float32 numbers (ranked, shown as the file writes them) and the first row of the file
+# (the last user's last) was kept
+@pytest.mark.parametrize("first_time, shown_time, reverse", [(0, "0.0", False), (0.1, "0.1", True)])
 def test_dropping_candidate_rows_stops_the_run(tmp_path, workdir, first_time, shown_time, reverse):
     data_path = _mpd_like(tmp_path / "data", first_time=first_time, reverse=reverse)
     with pytest.raises(ConfigError, match=r"'every_row_a_candidate' failed: 40 of the 800 loaded rows of "
@@ -184,9 +185,8 @@ def test_dropping_candidate_rows_stops_the_run(tmp_path, workdir, first_time, sh
 
 
 # Both protocols order each user's rows by time and read the 0/1 label (ctr: the target; top-k: which rows are
-# positives). Today a missing time column is pandas' KeyError from ProtocolMixin.build, a missing label under
-# top-k RecBole's "Field [label] not defined", and DeepFM builds without a label (and would fail in training).
-@pytest.mark.xfail(strict=True, reason="to fix after the MPD study (data/ is in every run's fingerprint)")
+# positives). Unchecked, a missing time column was pandas' KeyError from ProtocolMixin.build, a missing label
+# under top-k RecBole's "Field [label] not defined", and DeepFM built without a label (failing in training).
 @pytest.mark.parametrize("model, column", [("DIN", "timestamp"), ("SASRec", "timestamp"), ("SASRec", "label"),
                                            ("DeepFM", "label")])
 def test_interactions_without_the_time_or_label_column_are_a_clear_error(mpd_like, workdir, model, column):
@@ -207,14 +207,11 @@ def _rows_and_histories(data, test):
     return dict(zip(keys, histories)), test_rows
 
 
+# RecBole stores float fields as float32, exact up to 2**24 (194 days in seconds): unrounded, unix-second
+# times fall into 128 s steps, equal times fall back to the file's row order and share no history
 UNIX_SECONDS = 1_600_000_000  # 2020-09-13, as the Music4All, Amazon, Last.fm and LFM converters write times
-FLOAT32_TIMES = ("RecBole stores float fields as float32, exact up to 2**24 (194 days in seconds): unix-second "
-                 "times fall into 128 s steps, equal times fall back to the file's row order and share no "
-                 "history. To fix after the MPD study (data/ is in every run's fingerprint): rank the times "
-                 "(float64, as loaded) before RecBole rounds them.")
 
 
-@pytest.mark.xfail(strict=True, reason=FLOAT32_TIMES)
 def test_unix_second_times_in_a_file_not_sorted_by_time_split_like_small_times(tmp_path, workdir):
     small = _rows_and_histories(*_build("DIN", _mpd_like(tmp_path / "small", reverse=True)))
     unix = _rows_and_histories(*_build("DIN", _mpd_like(tmp_path / "unix", first_time=UNIX_SECONDS,
@@ -222,12 +219,76 @@ def test_unix_second_times_in_a_file_not_sorted_by_time_split_like_small_times(t
     assert unix[1] == small[1]  # each user's last two rows are the test rows
 
 
-@pytest.mark.xfail(strict=True, reason=FLOAT32_TIMES)
 def test_unix_second_times_keep_the_histories_of_small_times(tmp_path, workdir):
     small = _rows_and_histories(*_build("DIN", _mpd_like(tmp_path / "small")))
     unix = _rows_and_histories(*_build("DIN", _mpd_like(tmp_path / "unix", first_time=UNIX_SECONDS)))
     assert unix[1] == small[1]  # a file sorted by user and time (every converter's output) splits right
     assert unix[0] == small[0]
+
+
+def test_ranked_times_are_said_and_digested_as_the_file_writes_them(tmp_path, workdir, caplog):
+    data_path = _mpd_like(tmp_path / "data", first_time=UNIX_SECONDS)
+    with caplog.at_level("INFO"):
+        din, test = _build("DIN", data_path)
+    assert ("timestamp: 20 distinct times that float32 (RecBole's float fields) cannot all hold exactly, "
+            "replaced by their rank 0-19 (order and ties kept)") in caplog.messages
+    stored = test.inter_feat["timestamp"].numpy()
+    assert set(stored.tolist()) == {18.0, 19.0}  # every user's last two rows: ranks, exact in float32
+    assert set(project_datasets.file_times(din, stored).tolist()) == {UNIX_SECONDS + 18.0, UNIX_SECONDS + 19.0}
+    # the digest hashes the file's times: the same rows written with times float32 holds digest alike
+    lines = (tmp_path / "data" / "mpdlike" / "mpdlike.inter").read_text().splitlines()
+    exact = tmp_path / "exact" / "mpdlike"
+    exact.mkdir(parents=True)
+    (exact / "mpdlike.inter").write_text("\n".join([lines[0]] + [
+        "\t".join([u, i, str(float(t) - UNIX_SECONDS), y]) for u, i, t, y in (r.split("\t") for r in lines[1:])]))
+    shifted, _ = _build("DIN", str(tmp_path / "exact"))
+    assert shifted.time_ranks_of is None
+    assert din.protocol_report["test_digest"] != shifted.protocol_report["test_digest"]
+    rows = sorted(zip(test.field2id_token["user_id"][test.inter_feat["user_id"].numpy()],
+                      test.field2id_token["item_id"][test.inter_feat["item_id"].numpy()],
+                      [repr(UNIX_SECONDS + float(t)) for t in stored],
+                      [repr(float(v)) for v in test.inter_feat["label"].numpy()]))
+    assert din.protocol_report["test_digest"] == hashlib.sha256(
+        "\n".join(sorted("\t".join(r) for r in rows)).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("row, error", [
+    ("p0\tt1\tnan\t1", r"mpdlike\.inter, data row 801 \(line 802\): 'timestamp' is nan \(1 such rows\); RecBole "
+                        r"would fill in the column's mean\. Write each row's time\.$"),
+    ("p0\tt1\tinf\t1", r"data row 801 \(line 802\): 'timestamp' is inf")])
+def test_a_time_that_is_no_number_names_its_row(mpd_like, workdir, row, error):
+    inter = pathlib.Path(mpd_like) / "mpdlike" / "mpdlike.inter"
+    inter.write_text(inter.read_text() + row + "\n")
+    with pytest.raises(DataFormatError, match=error):
+        _build("DIN", mpd_like)
+
+
+def test_a_time_declared_as_a_token_is_a_clear_error(mpd_like, workdir):
+    inter = pathlib.Path(mpd_like) / "mpdlike" / "mpdlike.inter"
+    inter.write_text(inter.read_text().replace("timestamp:float", "timestamp:token", 1))
+    with pytest.raises(DataFormatError, match=r"mpdlike\.inter: column 'timestamp' \(TIME_FIELD\) is declared "
+                                              r"token; the protocol reads it as a number: declare it "
+                                              r"'timestamp:float' in the header\.$"):
+        _build("SASRec", mpd_like)
+
+
+def test_a_label_the_file_lacks_names_the_files_columns(tmp_path, workdir):
+    data_path = _mpd_like(tmp_path / "data")
+    inter = tmp_path / "data" / "mpdlike" / "mpdlike.inter"
+    inter.write_text("\n".join(",".join(r.split("\t")[:3]) for r in inter.read_text().splitlines()) + "\n")
+    with pytest.raises(DataFormatError, match=r"mpdlike\.inter has no column 'label' \(LABEL_FIELD\); its "
+                                              r"columns are \['user_id', 'item_id', 'timestamp'\]\. The protocol"):
+        _build("DeepFM", data_path, field_separator=",", load_col=None)
+
+
+def test_a_comma_separated_file_with_the_time_left_out_of_load_col(tmp_path, workdir):
+    data_path = _mpd_like(tmp_path / "data")
+    inter = tmp_path / "data" / "mpdlike" / "mpdlike.inter"
+    inter.write_text(inter.read_text().replace("\t", ","))
+    with pytest.raises(DataFormatError, match=r"mpdlike\.inter: column 'timestamp' \(TIME_FIELD\) is not loaded "
+                                              r"\(load_col's inter columns: \['user_id', 'item_id', 'label'\]\); "
+                                              r".* add 'timestamp' to load_col\.$"):
+        _build("DIN", data_path, field_separator=",", load_col={"inter": ["user_id", "item_id", "label"]})
 
 
 def test_digest_is_of_raw_rows_and_changes_with_a_test_row(mpd_like, workdir, tmp_path):

@@ -64,6 +64,12 @@ def validate_atomic_file(path, field_separator="\t", seq_separator=" ", encoding
     return n_rows
 
 
+def read_header(path, field_separator="\t", encoding="utf-8"):
+    """The ``(name, type)`` columns an atomic file's header declares."""
+    with open(path, encoding=encoding, newline="") as f:
+        return _parse_header(path, f.readline().rstrip("\r\n"), field_separator)
+
+
 def _parse_header(path, header, field_separator):
     if not header:
         raise DataFormatError(f"{path}: the file is empty; an atomic file starts with a header "

@@ -42,9 +42,10 @@ from recbole.data.dataset import (DIENDataset, Dataset, GRU4RecKGDataset, Knowle
                                   KSRDataset, SequentialDataset)
 from recbole.utils import FeatureSource, FeatureType, ModelType
 
+from recbole_psrq.data.atomic import read_header
 from recbole_psrq.data.history import DIENHistoryMixin, PositiveHistoryMixin, check_histories
 from recbole_psrq.data.sid_fields import compute_sid_tokens, read_item_labels
-from recbole_psrq.errors import ConfigError
+from recbole_psrq.errors import ConfigError, DataFormatError
 
 
 class SIDFieldsMixin:
@@ -122,13 +123,68 @@ class SIDFieldsMixin:
 
 
 class ProtocolMixin:
-    """Checks the protocol when the dataset is built and records ``protocol_report`` (module docstring)."""
+    """Checks the protocol when the dataset is built and records ``protocol_report`` (module docstring).
+
+    Both protocols order each user's rows by time and read the 0/1 label, so both columns must be loaded
+    as numbers. RecBole stores float fields as float32, exact up to 2**24 only (194 days in seconds):
+    times it cannot hold exactly (e.g. unix seconds) are replaced by their rank as loaded (float64), which
+    keeps their order and ties; ``file_times`` maps a stored time back to the file's value."""
+
+    def _load_data(self, token, dataset_path):
+        super()._load_data(token, dataset_path)
+        inter_file = os.path.join(dataset_path, f"{token}.inter")
+        self._check_protocol_column(inter_file, "TIME_FIELD", self.time_field)
+        self._check_protocol_column(inter_file, "LABEL_FIELD", self.config["LABEL_FIELD"])
+        self.time_ranks_of = self._rank_times(inter_file)
+
+    def _check_protocol_column(self, inter_file, key, field):
+        if not field:
+            raise ConfigError(f"{key} is unset; the protocol orders each user's rows by time and reads their 0/1 "
+                              f"label, so set {key} to a column of {inter_file}.")
+        if field in self.inter_feat.columns:
+            if self.field2type[field] != FeatureType.FLOAT:
+                raise DataFormatError(
+                    f"{inter_file}: column '{field}' ({key}) is declared {self.field2type[field].value}; the "
+                    f"protocol reads it as a number: declare it '{field}:float' in the header.")
+            return
+        columns = [name for name, _ in read_header(inter_file, self.config["field_separator"],
+                                                   self.config["encoding"])]
+        if field in columns:
+            raise DataFormatError(
+                f"{inter_file}: column '{field}' ({key}) is not loaded (load_col's inter columns: "
+                f"{(self.config['load_col'] or {}).get('inter')}); the protocol orders each user's rows by "
+                f"time and reads their 0/1 label under both protocols: add '{field}' to load_col.")
+        raise DataFormatError(
+            f"{inter_file} has no column '{field}' ({key}); its columns are {columns}. The protocol orders each "
+            f"user's rows by time and reads their 0/1 label under both protocols: add the column (and to "
+            f"load_col, if set), or set {key} to the column that holds it.")
+
+    def _rank_times(self, inter_file):
+        """Replace times float32 cannot hold by their dense rank; returns the sorted distinct file times
+        (what rank r stands for), or None when the times are kept."""
+        field = self.time_field
+        times = self.inter_feat[field].to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(times))
+        if len(bad):
+            raise DataFormatError(
+                f"{inter_file}, data row {bad[0] + 1} (line {bad[0] + 2}): '{field}' is {times[bad[0]]} "
+                f"({len(bad)} such rows); RecBole would fill in the column's mean. Write each row's time.")
+        if (times.astype(np.float32) == times).all():
+            return None
+        distinct, ranks = np.unique(times, return_inverse=True)
+        if len(distinct) > 2 ** 24 + 1:
+            raise DataFormatError(
+                f"{inter_file}: '{field}' has {len(distinct)} distinct times; RecBole stores times as float32, "
+                f"which holds at most 2**24 + 1 distinct ranks exactly: coarsen the times (e.g. to minutes).")
+        self.inter_feat[field] = ranks.astype(np.float64)
+        self.logger.info(f"{field}: {len(distinct)} distinct times that float32 (RecBole's float fields) cannot "
+                         f"all hold exactly, replaced by their rank 0-{len(distinct) - 1} (order and ties kept)")
+        return distinct
 
     def build(self):
-        fields = [f for f in (self.uid_field, self.iid_field, self.time_field) if f]
+        fields = [self.uid_field, self.iid_field, self.time_field]
         loaded = self.inter_feat[fields].copy()  # still the loaded rows (RecBole augments in build)
-        if self.time_field:
-            loaded[self.time_field] = loaded[self.time_field].astype(np.float32)  # as RecBole stores it
+        loaded[self.time_field] = loaded[self.time_field].astype(np.float32)  # as RecBole stores it
         datasets = super().build()
         checks = {}
         if self.config["protocol"] == "ctr":
@@ -165,7 +221,7 @@ class ProtocolMixin:
         kept = self.inter_feat.interaction
         kept = {tuple(row) for row in zip(*(kept[f].numpy().tolist() for f in fields))}
         missing = next(row for row in loaded.itertuples(index=False) if tuple(row) not in kept)
-        example = ", ".join(f"{f} {self.id2token(f, v) if f != self.time_field else v}"
+        example = ", ".join(f"{f} {self.id2token(f, v) if f != self.time_field else file_times(self, [v])[0]}"
                             for f, v in zip(fields, missing))
         raise ConfigError(
             f"Protocol check 'every_row_a_candidate' failed: {len(loaded) - len(self.inter_feat)} of the "
@@ -185,14 +241,20 @@ def hashed_users(tokens, fraction, key):
             if int.from_bytes(hashlib.sha256(u.encode()).digest()[:8], "big") < fraction * 2 ** 64}
 
 
+def file_times(dataset, stored):
+    """The file's times of times as ``dataset`` stores them (float32, or their rank: ProtocolMixin)."""
+    stored = np.asarray(stored, dtype=np.float64)
+    distinct = dataset.time_ranks_of
+    return stored if distinct is None else distinct[stored.astype(np.int64)]
+
+
 def rows_digest(dataset):
-    """sha256 of a dataset's rows as (user, item, time, label) in raw tokens and values, sorted: two
-    runs score the same candidate rows exactly when their test digests are equal."""
+    """sha256 of a dataset's rows as (user, item, time, label) in raw tokens and the file's values, sorted:
+    two runs score the same candidate rows exactly when their test digests are equal."""
     inter = dataset.inter_feat
     columns = [dataset.field2id_token[f][inter[f].numpy()] for f in (dataset.uid_field, dataset.iid_field)]
-    for field in (dataset.time_field, dataset.config["LABEL_FIELD"]):
-        columns.append([repr(float(v)) for v in inter[field].numpy()] if field in inter else
-                       [""] * len(inter))
+    columns.append([repr(float(v)) for v in file_times(dataset, inter[dataset.time_field].numpy())])
+    columns.append([repr(float(v)) for v in inter[dataset.config["LABEL_FIELD"]].numpy()])
     lines = sorted("\t".join(row) for row in zip(*columns))
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 

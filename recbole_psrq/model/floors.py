@@ -69,7 +69,7 @@ class PopularityFloor(_Floor):
 
     def full_sort_predict(self, interaction):
         rows = interaction[self.ITEM_SEQ].shape[0]
-        return self._all_scores().unsqueeze(0).expand(rows, -1)
+        return self._all_scores().repeat(rows, 1)  # a copy per row: RecBole's full sort writes into it
 
 
 class ContentFloor(_Floor):
