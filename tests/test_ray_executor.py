@@ -247,9 +247,16 @@ def test_without_an_address_a_local_instance_runs_the_tasks_and_is_removed_on_cl
     try:
         temp_dir = executor._temp_dir
         assert [node["NodeManagerAddress"] for node in ray.nodes()] == ["127.0.0.1"]
-        task = write_json_task(tmp_path, "solo", value=7)
-        ((done, outcome),) = list(executor.map([task]))
-        assert done is task and outcome["ok"] and outcome["result"]["value"] == 7
+        task, follow_up = write_json_task(tmp_path, "solo", value=7), write_json_task(tmp_path, "next", value=8)
+        seen = []
+
+        def more(finished, outcome):  # a further task, started when the first one finishes (the tuner's rounds)
+            seen.append((finished.key, outcome["result"]["value"]))
+            return [follow_up] if finished is task else None
+
+        done = list(executor.map([task], more))
+        assert [(t.key, o["ok"], o["result"]["value"]) for t, o in done] == [("solo", True, 7), ("next", True, 8)]
+        assert seen == [("solo", 7), ("next", 8)]
     finally:
         executor.close()
     assert not ray.is_initialized() and not os.path.exists(temp_dir)

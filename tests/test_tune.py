@@ -225,9 +225,16 @@ class CountingExecutor(LocalExecutor):
         super().__init__(1)
         self.ran = []
 
-    def map(self, tasks):
+    def map(self, tasks, more=None):
+        tasks = list(tasks)
         self.ran += [t.key for t in tasks]
-        return super().map(tasks)
+
+        def counted(task, outcome):
+            further = list(more(task, outcome) or ())
+            self.ran += [t.key for t in further]
+            return further
+
+        return super().map(tasks, counted)
 
 
 @pytest.mark.slow
@@ -325,23 +332,29 @@ def test_an_empty_space_and_a_zero_budget_are_refused(tmp_path):
 
 
 class ScriptedExecutor:
-    """Runs no training: each trial's validation curve is a function of its values, and outcomes come
-    back in reverse order (as a pool or a cluster may return them)."""
+    """Runs no training: each trial's validation curve is a function of its values, and the outcomes of
+    the tasks started together come back in reverse order (as a pool or a cluster may return them)."""
 
-    def __init__(self, score):
-        self.score, self.specs = score, []
+    def __init__(self, score, reverse=True):
+        self.score, self.specs, self.reverse = score, [], reverse
 
-    def map(self, tasks):
-        outcomes = []
-        for task in tasks:
-            spec = json.loads(task.argv[task.argv.index("--spec") + 1])
-            self.specs.append(spec)
-            value = self.score(spec["overrides"])
-            curve = [[0, value - 0.01], [1, value]]
-            outcomes.append((task, {"ok": True, "wall": 0.0, "tail": "", "returncode": 0, "result": {
-                "state": "complete", "valid_curve": curve, "best_valid_score": value,
-                "best_valid_result": {"auc": value}, "valid_metric": "auc", "log_file": None}}))
-        return reversed(outcomes)
+    def map(self, tasks, more):
+        started = list(tasks)
+        while started:
+            outcomes = [(task, self.outcome(task)) for task in started]
+            started = []
+            for task, outcome in reversed(outcomes) if self.reverse else outcomes:
+                started += more(task, outcome) or []
+                yield task, outcome
+
+    def outcome(self, task):
+        spec = json.loads(task.argv[task.argv.index("--spec") + 1])
+        self.specs.append(spec)
+        value = self.score(spec["overrides"])
+        curve = [[0, value - 0.01], [1, value]]
+        return {"ok": True, "wall": 0.0, "tail": "", "returncode": 0, "result": {
+            "state": "complete", "valid_curve": curve, "best_valid_score": value,
+            "best_valid_result": {"auc": value}, "valid_metric": "auc", "log_file": None}}
 
 
 def _job(root, trials, space_text, name="DIN", batch=2):
@@ -376,9 +389,8 @@ def test_sampled_values_do_not_depend_on_the_order_trials_finish_in(tmp_path):
     space = "learning_rate: loguniform(1e-4, 1e-2)\ndropout_prob: uniform(0.0, 0.3)\n"
 
     def values(root, reverse):
-        executor = ScriptedExecutor(lambda o: 0.7 - abs(o["learning_rate"] - 0.003) - o["dropout_prob"] / 10)
-        if not reverse:
-            executor.map = lambda tasks, m=executor.map: reversed(list(m(tasks)))
+        executor = ScriptedExecutor(lambda o: 0.7 - abs(o["learning_rate"] - 0.003) - o["dropout_prob"] / 10,
+                                    reverse)
         job = _job(root, 6, space)
         tune([job], executor, log=lambda m: None)
         return [json.load(open(os.path.join(job.folder, "trials", f"trial{n:03d}.json")))["params"]
@@ -391,3 +403,40 @@ def test_sampled_values_do_not_depend_on_the_order_trials_finish_in(tmp_path):
     executor = ScriptedExecutor(lambda o: 0.6)
     tune([_job(str(tmp_path / "c"), 6, space)], executor, log=lambda m: None)
     assert [len(s["history"]) for s in executor.specs] == [0, 0, 2, 2, 4, 4]
+
+
+class SlowStudyExecutor(ScriptedExecutor):
+    """A trial of the study named ``slow`` finishes only when no other trial is running."""
+
+    def map(self, tasks, more):
+        running = list(tasks)
+        while running:
+            task = next((t for t in running if not t.key.startswith("slow ")), running[0])
+            running.remove(task)
+            outcome = self.outcome(task)
+            running += more(task, outcome) or []
+            yield task, outcome
+
+
+def test_a_slow_study_never_holds_back_the_rounds_of_another(tmp_path):
+    from recbole_psrq.tune.study import read_frozen, tune
+
+    space = "learning_rate: loguniform(1e-4, 1e-2)\ndropout_prob: uniform(0.0, 0.3)\n"
+
+    def score(o):
+        return 0.7 - abs(o["learning_rate"] - 0.003) - o["dropout_prob"] / 10
+
+    def trials(job):
+        return [json.load(open(os.path.join(job.folder, "trials", f"trial{n:03d}.json")))["params"]
+                for n in range(6)]
+
+    together = [_job(str(tmp_path / "together" / name), 6, space, name=name) for name in ("fast", "slow")]
+    finished = []
+    frozen = tune(together, SlowStudyExecutor(score), log=finished.append)
+    # the fast study's next round starts when its own round ends: all its trials finish before a slow one
+    assert [line.split()[1] for line in finished] == ["fast"] * 6 + ["slow"] * 6
+    for job in together:  # and each study is the one it is when tuned alone
+        alone = _job(str(tmp_path / "alone" / job.name), 6, space, name=job.name)
+        alone_frozen = tune([alone], ScriptedExecutor(score), log=lambda m: None)
+        assert trials(alone) == trials(job)
+        assert read_frozen(alone_frozen[job.name]) == read_frozen(frozen[job.name])

@@ -9,12 +9,13 @@ JSON. Executors only run tasks and hand their outcomes back to the driver, which
   declared CPUs (and GPUs when configured), retried when its node dies.
 ``recbole_psrq.benchmark.runner.make_executor`` builds either from the command-line options.
 """
+import collections
 import json
 import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from recbole_psrq.errors import ConfigError
@@ -62,6 +63,11 @@ def run_task(task):
     return outcome
 
 
+def further(more, task, outcome):
+    """The tasks ``more`` (an executor's ``map`` argument, or None) asks to run after ``task``."""
+    return list((more(task, outcome) if more else None) or ())
+
+
 def earlier_seconds(result):
     """The training time a resumed run or trial spent in the processes before the last one, up to their
     last saved validation (0 when it was not resumed): added to the last process's wall time, a record's
@@ -79,17 +85,26 @@ class LocalExecutor:
             raise ConfigError(f"--jobs must be at least 1, got {jobs}.")
         self.jobs = int(jobs)
 
-    def map(self, tasks):
-        """Yield ``(task, outcome)`` as tasks finish, in completion order."""
-        tasks = list(tasks)
+    def map(self, tasks, more=None):
+        """Yield ``(task, outcome)`` as tasks finish, in completion order. ``more(task, outcome)``, called
+        as each task finishes (before it is yielded), returns further tasks to run (or None): the tuner
+        starts a study's next round when its own round ends, so no process waits for the others' rounds."""
         if self.jobs == 1:
-            for task in tasks:
-                yield task, run_task(task)
+            queue = collections.deque(tasks)
+            while queue:
+                task = queue.popleft()
+                outcome = run_task(task)
+                queue.extend(further(more, task, outcome))
+                yield task, outcome
             return
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:  # threads only wait on processes
-            futures = {pool.submit(run_task, task): task for task in tasks}
-            for future in as_completed(futures):
-                yield futures[future], future.result()
+            running = {pool.submit(run_task, task): task for task in tasks}
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    task, outcome = running.pop(future), future.result()
+                    running.update((pool.submit(run_task, t), t) for t in further(more, task, outcome))
+                    yield task, outcome
 
     def close(self):
         pass

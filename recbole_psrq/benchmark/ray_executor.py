@@ -18,7 +18,7 @@ import tempfile
 import time
 import warnings
 
-from recbole_psrq.benchmark.executor import PROJECT_ROOT, run_task
+from recbole_psrq.benchmark.executor import PROJECT_ROOT, further, run_task
 from recbole_psrq.errors import ConfigError
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
@@ -144,15 +144,20 @@ class RayExecutor:
             raise ConfigError(f"No node of the Ray cluster can run a task needing {cpus:g} CPU and {gpus:g} GPU "
                               f"(nodes: {have}); lower the per-task CPUs/GPUs or add nodes.")
 
-    def map(self, tasks):
-        """Yield ``(task, outcome)`` as tasks finish, in completion order."""
+    def map(self, tasks, more=None):
+        """Yield ``(task, outcome)`` as tasks finish, in completion order; ``more`` as in
+        :meth:`recbole_psrq.benchmark.executor.LocalExecutor.map`."""
         ray = self._ray
-        submitted = time.time()
-        pending = {self._remote.remote(task): task for task in tasks}
+        pending = {}  # ref -> (task, when it was submitted)
+
+        def submit(new_tasks):
+            pending.update((self._remote.remote(task), (task, time.time())) for task in new_tasks)
+
+        submit(tasks)
         try:
             while pending:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
-                task = pending.pop(ref)
+                task, submitted = pending.pop(ref)
                 try:
                     outcome, node = ray.get(ref)
                     self.nodes[task.key] = node
@@ -161,6 +166,7 @@ class RayExecutor:
                                "tail": f"Ray could not finish the task ({type(e).__name__}; a node lost more "
                                        f"than max_retries times, or run_task raised):\n"
                                        + "\n".join(str(e).strip().splitlines()[-15:])}
+                submit(further(more, task, outcome))
                 yield task, outcome
         finally:  # the driver stopped early (an error, Ctrl-C): do not leave tasks running on the cluster
             for ref in pending:

@@ -1,10 +1,11 @@
 """The tuning driver: for each experiment, a seeded Optuna TPE study over its search space, trials run
 through an executor (:mod:`recbole_psrq.benchmark.executor`) in rounds, and the best trial frozen as a yaml.
 
-Determinism: every round asks each study for ``batch`` trials, runs them (in any order, on any
-executor), then tells the study their outcomes in trial order; the pruner of a trial sees only trials
-finished in earlier rounds. So the sampled values and pruning decisions depend on the seed and the batch
-size, never on how many processes or nodes ran the trials. Every finished trial is kept as
+Determinism: each study asks for ``batch`` trials (a round), runs them (in any order, on any executor),
+then tells itself their outcomes in trial order and asks its next round; the pruner of a trial sees only
+the study's trials of earlier rounds. So the sampled values and pruning decisions depend on the seed and
+the batch size, never on how many processes or nodes ran the trials, nor on the other studies (whose rounds
+run beside it without waiting for each other). Every finished trial is kept as
 ``trials/trialNNN.json`` (validation metrics only); a resumed study replays those (checking that the
 sampler proposes the same values) and runs only what is missing.
 """
@@ -69,6 +70,7 @@ class _Study:
         self.distributions = job.space.distributions()
         self.records = {}
         self.asked = 0
+        self.round, self.outcomes = [], {}  # the round asked and its trials' records so far
         # a finite space no larger than the budget is searched exhaustively: every combination once
         self.grid = job.space.grid()
         self.budget = job.trials
@@ -131,6 +133,11 @@ class _Study:
         else:
             self.study.tell(trial, record["best_valid_score"])
 
+    def tell_round(self):
+        """Tell the round's outcomes in trial order (independent of the order they finished in)."""
+        for trial, _, recorded in self.round:
+            self.tell(trial, recorded or self.outcomes[trial.number])
+
     def best(self):
         complete = [r for r in self.records.values() if r["state"] == "complete"]
         if not complete:
@@ -140,9 +147,9 @@ class _Study:
 
 
 def tune(jobs, executor=None, log=print):
-    """Run every job's study to its budget (rounds interleaved across jobs, so an executor with several
-    processes or nodes is kept busy) and freeze each best trial. Returns {job name: frozen yaml path}
-    (None for a job whose every trial failed)."""
+    """Run every job's study to its budget, each study's next round as soon as its own round has finished
+    (so an executor with several processes or nodes is kept busy), and freeze each best trial. Returns
+    {job name: frozen yaml path} (None for a job whose every trial failed)."""
     executor = executor or LocalExecutor(1)
     studies = [_Study(job) for job in jobs]
     for st in studies:
@@ -151,13 +158,15 @@ def tune(jobs, executor=None, log=print):
                     {"space": st.job.space.to_dict(), "sources": [shown_path(s) for s in st.job.space.sources],
                      "hash": st.job.space.hash(), "trials": st.job.trials, "seed": st.job.seed,
                      "batch": st.job.batch, "overrides": _shown_overrides(st.job.overrides)})
-    while any(st.remaining() for st in studies):
-        round_trials, tasks = [], {}
-        for st in studies:
-            if not st.remaining():
-                continue
-            for trial, values, recorded in st.ask_round():
-                round_trials.append((st, trial, values, recorded))
+    owners = {}  # task -> (study, trial, values, spec)
+
+    def next_round(st):
+        """The tasks of the study's next round that are not recorded yet (a resumed study's recorded
+        rounds are told at once)."""
+        while st.remaining():
+            st.round, st.outcomes = st.ask_round(), {}
+            tasks = []
+            for trial, values, recorded in st.round:
                 if recorded is None:
                     spec = st.spec(values)
                     # a trial killed with the driver continues from its last validation when rerun
@@ -165,17 +174,27 @@ def tune(jobs, executor=None, log=print):
                     task = Task(key=f"{st.job.name} trial {trial.number}",
                                 argv=("-m", "recbole_psrq.tune.trial", "--spec", json.dumps(spec)),
                                 workdir=os.path.join(st.job.folder, "work", f"trial{trial.number:03d}"))
-                    tasks[task] = (st, trial, values, spec)
-        outcomes = {}
-        for task, outcome in executor.map(list(tasks)):
-            st, trial, values, spec = tasks[task]
-            record = _trial_record(trial.number, values, spec, task, outcome)
-            with atomic_open(st.trial_path(trial.number), "w") as f:  # the driver alone writes records
-                json.dump(record, f, indent=2)
-            outcomes[(id(st), trial.number)] = record
-            log(_describe(st.job, record))
-        for st, trial, values, recorded in round_trials:  # tell in trial order: independent of timing
-            st.tell(trial, recorded or outcomes[(id(st), trial.number)])
+                    owners[task] = (st, trial, values, spec)
+                    tasks.append(task)
+            if tasks:
+                return tasks
+            st.tell_round()
+        return []
+
+    def finished(task, outcome):
+        st, trial, values, spec = owners.pop(task)
+        record = _trial_record(trial.number, values, spec, task, outcome)
+        with atomic_open(st.trial_path(trial.number), "w") as f:  # the driver alone writes records
+            json.dump(record, f, indent=2)
+        st.outcomes[trial.number] = record
+        log(_describe(st.job, record))
+        if any(recorded is None and t.number not in st.outcomes for t, _, recorded in st.round):
+            return None  # the round's other trials still run
+        st.tell_round()
+        return next_round(st)
+
+    for _ in executor.map([task for st in studies for task in next_round(st)], more=finished):
+        pass
     return {st.job.name: freeze(st) for st in studies}
 
 
