@@ -252,6 +252,19 @@ def test_ranked_times_are_said_and_digested_as_the_file_writes_them(tmp_path, wo
         "\n".join(sorted("\t".join(r) for r in rows)).encode()).hexdigest()
 
 
+def test_more_distinct_times_than_float32_ranks_hold_is_a_clear_error(tmp_path, workdir, monkeypatch):
+    limit = project_datasets.MAX_RANKED_TIMES
+    assert float(np.float32(limit - 1)) == limit - 1 and float(np.float32(limit)) != limit
+    data_path = _mpd_like(tmp_path / "data", first_time=UNIX_SECONDS)  # 20 distinct times
+    monkeypatch.setattr(project_datasets, "MAX_RANKED_TIMES", 20)
+    assert _build("DIN", data_path)[0].time_ranks_of is not None  # as many as the ranks hold: ranked
+    monkeypatch.setattr(project_datasets, "MAX_RANKED_TIMES", 19)
+    with pytest.raises(DataFormatError, match=r"mpdlike\.inter: 'timestamp' has 20 distinct times; RecBole stores "
+                                              r"times as float32, which holds at most 19 distinct ranks exactly: "
+                                              r"coarsen the times \(e\.g\. to minutes\)\.$"):
+        _build("DIN", data_path)
+
+
 @pytest.mark.parametrize("row, error", [
     ("p0\tt1\tnan\t1", r"mpdlike\.inter, data row 801 \(line 802\): 'timestamp' is nan \(1 such rows\); RecBole "
                         r"would fill in the column's mean\. Write each row's time\.$"),
@@ -261,6 +274,13 @@ def test_a_time_that_is_no_number_names_its_row(mpd_like, workdir, row, error):
     inter.write_text(inter.read_text() + row + "\n")
     with pytest.raises(DataFormatError, match=error):
         _build("DIN", mpd_like)
+
+
+@pytest.mark.parametrize("key", ["TIME_FIELD", "LABEL_FIELD"])
+def test_an_unset_time_or_label_field_is_a_clear_error(mpd_like, workdir, key):
+    with pytest.raises(ConfigError, match=rf"^{key} is unset; the protocol orders each user's rows by time and reads "
+                                          rf"their 0/1 label, so set {key} to a column of .*mpdlike\.inter\.$"):
+        _build("DIN", mpd_like, **{key: None})
 
 
 def test_a_time_declared_as_a_token_is_a_clear_error(mpd_like, workdir):

@@ -122,6 +122,9 @@ class SIDFieldsMixin:
                          f"({config['sid_quantizer']}, L={n_levels}, k={config['sid_codebook_size']})")
 
 
+MAX_RANKED_TIMES = 2 ** 24 + 1  # the ranks 0..2**24 are float32 numbers, 2**24 + 1 is not
+
+
 class ProtocolMixin:
     """Checks the protocol when the dataset is built and records ``protocol_report`` (module docstring).
 
@@ -172,10 +175,11 @@ class ProtocolMixin:
         if (times.astype(np.float32) == times).all():
             return None
         distinct, ranks = np.unique(times, return_inverse=True)
-        if len(distinct) > 2 ** 24 + 1:
+        if len(distinct) > MAX_RANKED_TIMES:
             raise DataFormatError(
                 f"{inter_file}: '{field}' has {len(distinct)} distinct times; RecBole stores times as float32, "
-                f"which holds at most 2**24 + 1 distinct ranks exactly: coarsen the times (e.g. to minutes).")
+                f"which holds at most {MAX_RANKED_TIMES} distinct ranks exactly: coarsen the times (e.g. to "
+                "minutes).")
         self.inter_feat[field] = ranks.astype(np.float64)
         self.logger.info(f"{field}: {len(distinct)} distinct times that float32 (RecBole's float fields) cannot "
                          f"all hold exactly, replaced by their rank 0-{len(distinct) - 1} (order and ties kept)")
