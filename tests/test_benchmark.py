@@ -1,6 +1,8 @@
 import csv
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -53,6 +55,16 @@ def png_size(path):
     head = open(path, "rb").read(24)
     assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", path
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_the_reports_command_can_be_pasted_into_a_shell(tmp_path):
+    out = tmp_path / "my results"  # an argument with a space (as is the experiment name "Floor: popularity")
+    _write(out, SUITES["smoke"][0], 0, _fake_record("DIN", 0, 0.7))
+    argv = ["--suite", "smoke", "--seeds", "1", "--budgets", "one_epoch", "--out", str(out), "--report-only",
+            "--only", "DIN"]
+    main(argv)
+    command = re.search(r"^Command: `(.*)`  $", (out / "results.md").read_text(), re.M).group(1)
+    assert shlex.split(command) == ["python", "-m", "recbole_psrq.benchmark", *argv]
 
 
 def test_report_has_mean_std_and_paired_ttest_against_the_baseline(tmp_path, monkeypatch):

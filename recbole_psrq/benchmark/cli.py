@@ -5,6 +5,7 @@ import contextlib
 import datetime
 import json
 import os
+import shlex
 import sys
 
 from recbole_psrq import benchmark
@@ -73,7 +74,8 @@ def _main(argv, held):
         parser.error(f"unknown budget(s) {bad}; use {list(BUDGETS)}")
     out = os.path.abspath(args.out or os.path.join("results", args.dataset))
     os.makedirs(out, exist_ok=True)
-    command = "python -m recbole_psrq.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
+    # quoted as a shell needs it (an experiment name such as "Floor: popularity" holds a space)
+    command = "python -m recbole_psrq.benchmark " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
         held.enter_context(hold_out_folder(out, command))
     except OutFolderBusy as e:  # not logged: benchmark.log belongs to the other process
