@@ -62,9 +62,11 @@ def test_the_reports_command_can_be_pasted_into_a_shell(tmp_path):
     _write(out, SUITES["smoke"][0], 0, _fake_record("DIN", 0, 0.7))
     argv = ["--suite", "smoke", "--seeds", "1", "--budgets", "one_epoch", "--out", str(out), "--report-only",
             "--only", "DIN"]
-    main(argv)
+    main(argv + [f"--data_path={PROJECT_ROOT}/converted/"])
     command = re.search(r"^Command: `(.*)`  $", (out / "results.md").read_text(), re.M).group(1)
-    assert shlex.split(command) == ["python", "-m", "recbole_psrq.benchmark", *argv]
+    # with absolute paths relative to the repository (where the command runs): it names no machine's folders
+    argv[argv.index(str(out))] = os.path.relpath(out, PROJECT_ROOT)
+    assert shlex.split(command) == ["python", "-m", "recbole_psrq.benchmark", *argv, "--data_path=converted"]
 
 
 def test_report_has_mean_std_and_paired_ttest_against_the_baseline(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from recbole_psrq.benchmark.report import (environment, read_sid_reports, write_
 from recbole_psrq.benchmark.checks import IntegrityError, check_same_test_rows, dirty_sources
 from recbole_psrq.benchmark.lock import OutFolderBusy, hold_out_folder
 from recbole_psrq.benchmark.runner import (EXECUTORS, collect_runs, git_state, make_executor, progress, run_key,
-                                           shown_path)
+                                           shown_arg, shown_path)
 from recbole_psrq.benchmark.tuning import training_free, tune_suite
 from recbole_psrq.benchmark.stats import compare_claims, summarize
 from recbole_psrq.benchmark.suites import BUDGETS, SUITES
@@ -74,8 +74,10 @@ def _main(argv, held):
         parser.error(f"unknown budget(s) {bad}; use {list(BUDGETS)}")
     out = os.path.abspath(args.out or os.path.join("results", args.dataset))
     os.makedirs(out, exist_ok=True)
-    # quoted as a shell needs it (an experiment name such as "Floor: popularity" holds a space)
-    command = "python -m recbole_psrq.benchmark " + shlex.join(argv if argv is not None else sys.argv[1:])
+    # quoted as a shell needs it (an experiment name such as "Floor: popularity" holds a space), absolute
+    # paths relative to the repository, where it runs: a committed report names no machine's folders
+    command = "python -m recbole_psrq.benchmark " + shlex.join(
+        shown_arg(arg) for arg in (argv if argv is not None else sys.argv[1:]))
     try:
         held.enter_context(hold_out_folder(out, command))
     except OutFolderBusy as e:  # not logged: benchmark.log belongs to the other process
