@@ -1,5 +1,6 @@
-"""Every run writes its own checkpoint, log and result JSON, even when runs start in the same second
-(recbole_psrq/quick_start.py: the run id)."""
+"""Runs keep to themselves: every run writes its own checkpoint, log and result JSON, even when runs start
+in the same second (recbole_psrq/quick_start.py: the run id), and a run in a process leaves torch's thread
+count as it found it."""
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 from recbole_psrq import quick_start
+from tests.conftest import one_epoch
 
 # RecBole names files by the time to the second; freezing that clock makes "the same second" certain
 FROZEN_CLOCK = (
@@ -37,6 +39,50 @@ def test_equal_settings_in_the_same_second_log_to_separate_files(workdir, tiny_d
         logging.getLogger().removeHandler(handler)
         handler.close()
     assert files[0] != files[1] and all(os.path.isfile(f) for f in files)
+
+
+def test_a_folder_another_run_makes_between_recboles_check_and_its_mkdir_is_no_error(workdir, tiny_data_path,
+                                                                                   monkeypatch):
+    """RecBole makes log/, log/<model>/ and saved/ with "if not exists: makedirs": of two runs started
+    together in one folder, one can find a folder missing and then made. Here "the other run" makes each
+    the moment it is checked; before quick_start made them first, the run died of FileExistsError."""
+    real_exists = os.path.exists
+    raced = {os.path.normpath(p) for p in ("log", os.path.join("log", "DIN"), "saved")}
+
+    def made_by_another_run_right_after_the_check(path):
+        if os.path.normpath(path) in raced and not os.path.isdir(path):
+            os.mkdir(path)
+            return False
+        return real_exists(path)
+
+    monkeypatch.setattr(os.path, "exists", made_by_another_run_right_after_the_check)
+    result = quick_start.run("DIN", overrides=one_epoch(tiny_data_path))
+    assert os.path.dirname(result["checkpoint"]) == str(workdir / "saved") and os.path.isfile(result["checkpoint"])
+
+
+def test_a_run_pins_torch_threads_for_itself_and_gives_the_process_its_setting_back(workdir, tiny_data_path,
+                                                                                  monkeypatch):
+    import torch
+
+    from recbole_psrq.tune.trial import train_and_validate
+
+    fit, during = quick_start._fit, []
+
+    def fit_counting_threads(*args, **kwargs):
+        during.append(torch.get_num_threads())
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(quick_start, "_fit", fit_counting_threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        quick_start.run("DIN", overrides=one_epoch(tiny_data_path, torch_threads=1))
+        assert torch.get_num_threads() == 3
+        quick_start.run("DIN", overrides=one_epoch(tiny_data_path))  # unset: the process's setting
+        train_and_validate("DIN", overrides=one_epoch(tiny_data_path, torch_threads=2))
+        assert during == [1, 3, 2] and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.slow

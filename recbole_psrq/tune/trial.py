@@ -67,12 +67,18 @@ def train_and_validate(model, dataset=None, config_files=(), overrides=None, sho
     validation record: ``state`` (complete | pruned), ``valid_curve`` ([[epoch, score], ...]),
     ``best_valid_score``, ``best_valid_result``, ``valid_metric``, ``run_id``, ``log_file``, ``seed``,
     ``resumed`` (see :func:`recbole_psrq.resume.fit`)."""
+    from recbole_psrq import quick_start
+
+    config = quick_start.build_config(model, dataset, config_files, overrides)
+    with quick_start.torch_threads(config):
+        return _train_and_validate(config, should_stop)
+
+
+def _train_and_validate(config, should_stop):
     from recbole.utils import get_trainer, init_seed
 
     from recbole_psrq import quick_start
 
-    config = quick_start.build_config(model, dataset, config_files, overrides)
-    quick_start._set_threads(config)
     init_seed(config["seed"], config["reproducibility"])
     run_id = quick_start.new_run_id()
     log_file = quick_start._init_logger(config, run_id)
