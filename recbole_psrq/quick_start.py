@@ -405,7 +405,8 @@ def torch_threads(config):
 
 
 def evaluate_checkpoint(checkpoint_path, overrides=None):
-    """Rebuild data and model from a checkpoint written by :func:`run` and evaluate it on test."""
+    """Rebuild data and model from a checkpoint written by :func:`run` and evaluate it on test, at the
+    run's ``torch_threads``."""
     import torch
     from recbole.data import data_preparation
     from recbole.utils import get_trainer, init_seed
@@ -422,17 +423,18 @@ def evaluate_checkpoint(checkpoint_path, overrides=None):
     config["sid_fit"] = False  # evaluation reuses the cached SIDs of training, never refits
     for key, value in (overrides or {}).items():
         config[key] = _override_value(value)
-    init_seed(config["seed"], config["reproducibility"])
-    _init_logger(config, new_run_id())
-    data = create_dataset(config)
-    _, _, test_data = data_preparation(config, data)
-    _require_protocol_report(config, data)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_obj = resolve_model(config["model"])(config, test_data._dataset).to(config["device"])
-    model_obj.load_state_dict(strip_module_prefix(checkpoint["state_dict"]))
-    model_obj.load_other_parameter(checkpoint.get("other_parameter"))
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
-    return _plain(trainer.evaluate(test_data, load_best_model=False, show_progress=False))
+    with torch_threads(config):
+        init_seed(config["seed"], config["reproducibility"])
+        _init_logger(config, new_run_id())
+        data = create_dataset(config)
+        _, _, test_data = data_preparation(config, data)
+        _require_protocol_report(config, data)
+        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+        model_obj = resolve_model(config["model"])(config, test_data._dataset).to(config["device"])
+        model_obj.load_state_dict(strip_module_prefix(checkpoint["state_dict"]))
+        model_obj.load_other_parameter(checkpoint.get("other_parameter"))
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+        return _plain(trainer.evaluate(test_data, load_best_model=False, show_progress=False))
 
 
 def _override_value(value):

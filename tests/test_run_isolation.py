@@ -66,21 +66,22 @@ def test_a_run_pins_torch_threads_for_itself_and_gives_the_process_its_setting_b
 
     from recbole_psrq.tune.trial import train_and_validate
 
-    fit, during = quick_start._fit, []
+    create_dataset, during = quick_start.create_dataset, []
 
-    def fit_counting_threads(*args, **kwargs):
+    def create_dataset_counting_threads(config):
         during.append(torch.get_num_threads())
-        return fit(*args, **kwargs)
+        return create_dataset(config)
 
-    monkeypatch.setattr(quick_start, "_fit", fit_counting_threads)
+    monkeypatch.setattr(quick_start, "create_dataset", create_dataset_counting_threads)
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        quick_start.run("DIN", overrides=one_epoch(tiny_data_path, torch_threads=1))
+        pinned = quick_start.run("DIN", overrides=one_epoch(tiny_data_path, torch_threads=1))
         assert torch.get_num_threads() == 3
         quick_start.run("DIN", overrides=one_epoch(tiny_data_path))  # unset: the process's setting
         train_and_validate("DIN", overrides=one_epoch(tiny_data_path, torch_threads=2))
-        assert during == [1, 3, 2] and torch.get_num_threads() == 3
+        quick_start.evaluate_checkpoint(pinned["checkpoint"])  # at the run's count
+        assert during == [1, 3, 2, 1] and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
 
