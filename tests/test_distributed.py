@@ -139,7 +139,7 @@ def test_two_process_run_equals_single_process_evaluation_of_its_checkpoint(work
     assert same_metrics(single, ddp_metrics), (single, ddp_metrics)
 
 
-def test_a_ddp_run_frees_its_process_group_before_the_process_exits(workdir, tiny_data_path):
+def test_a_ddp_run_frees_its_process_group_before_the_process_exits(workdir, tiny_data_path, monkeypatch):
     """The DDP model sits in reference cycles that hold the process group; left to interpreter exit, gloo's
     threads are destroyed there and a rank aborts after its run succeeded (SIGABRT, 1 run in ~10). A
     one-process group in this process: after run() no DistributedDataParallel object is left, without
@@ -147,6 +147,9 @@ def test_a_ddp_run_frees_its_process_group_before_the_process_exits(workdir, tin
     import gc
 
     from recbole_psrq import quick_start
+    from recbole_psrq.distributed import _loopback_interface
+
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", _loopback_interface())  # as launch() does: loopback only
 
     spec = {"nproc": 1, "world_size": 1, "ip": "127.0.0.1", "port": free_port(), "group_offset": 0,
             "local_rank": 0}
