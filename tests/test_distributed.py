@@ -157,7 +157,7 @@ def test_a_ddp_run_frees_its_process_group_before_the_process_exits(workdir, tin
     try:
         result = quick_start.run("MCCA", overrides={**one_epoch(tiny_data_path), "ddp_timeout": 60,
                                                     "torch_threads": 1}, distributed=spec)
-        alive = [o for o in gc.get_objects() if isinstance(o, torch.nn.parallel.DistributedDataParallel)]
+        alive = [o for o in gc.get_objects() if type(o) is torch.nn.parallel.DistributedDataParallel]
     finally:
         gc.enable()
     assert result["distributed"]["world_size"] == 1
