@@ -266,7 +266,7 @@ def run(model, dataset=None, config_files=(), overrides=None, saved=True, distri
     if distributed is not None and config["resume_file"]:
         raise ConfigError("resume_file is not supported in distributed (DDP) runs: each process would need "
                           "its own state. Leave resume_file unset with --nproc.")
-    with torch_threads(config):
+    with torch_settings(config):
         ddp = None
         if distributed is not None:
             from recbole_psrq.distributed import Context
@@ -388,25 +388,44 @@ def _require_protocol_report(config, data):
 
 
 @contextlib.contextmanager
-def torch_threads(config):
-    """``torch_threads: N`` pins torch's intra-op threads for a run (unset: the process's setting), and
-    the process gets its setting back afterwards. A run's numbers depend on the thread count (a DIN
-    epoch on the tests' tiny data: validation AUC 0.582122 on 1 thread, 0.582254 on 2), so a run in a
-    process must not inherit the count the run before it pinned."""
+def torch_settings(config):
+    """A run's torch settings, and the process's back afterwards: a run in a process must not inherit what
+    the run before it set.
+
+    ``torch_threads: N`` pins torch's intra-op threads (unset: the process's setting). A run's numbers
+    depend on the count (a DIN epoch on the tests' tiny data: validation AUC 0.582122 on 1 thread,
+    0.582254 on 2).
+
+    ``flush_denormal: True`` computes with subnormal floats flushed to zero (x86 FTZ/DAZ), then torch's
+    default (off) again. Weight decay can shrink a layer until the products through it are subnormal, which
+    the CPU computes tens of times slower (RecBole's DIEN: benchmarks/bench_denormal.py). Numbers change
+    in the last bits, as with another thread count, so give every model of a comparison the same setting.
+    torch sets it for the calling thread only (its intra-op workers keep subnormals): it needs 1 thread."""
     import torch
 
     previous = torch.get_num_threads()
     if config["torch_threads"]:
         torch.set_num_threads(int(config["torch_threads"]))
+    flush = bool(config["flush_denormal"])
     try:
+        if flush and torch.get_num_threads() != 1:
+            raise ConfigError(
+                f"flush_denormal: True with {torch.get_num_threads()} torch threads: torch flushes subnormals "
+                "on the calling thread only, so its other intra-op threads would still compute them. Set "
+                "torch_threads: 1 (or flush_denormal: False).")
+        if flush and not torch.set_flush_denormal(True):
+            raise ConfigError("flush_denormal: True is not supported by this CPU (torch.set_flush_denormal "
+                              "needs x86 with SSE3 or ARM64). Set flush_denormal: False.")
         yield
     finally:
+        if flush:
+            torch.set_flush_denormal(False)
         torch.set_num_threads(previous)
 
 
 def evaluate_checkpoint(checkpoint_path, overrides=None):
     """Rebuild data and model from a checkpoint written by :func:`run` and evaluate it on test, at the
-    run's ``torch_threads``."""
+    run's ``torch_threads`` and ``flush_denormal``."""
     import torch
     from recbole.data import data_preparation
     from recbole.utils import get_trainer, init_seed
@@ -423,7 +442,7 @@ def evaluate_checkpoint(checkpoint_path, overrides=None):
     config["sid_fit"] = False  # evaluation reuses the cached SIDs of training, never refits
     for key, value in (overrides or {}).items():
         config[key] = _override_value(value)
-    with torch_threads(config):
+    with torch_settings(config):
         init_seed(config["seed"], config["reproducibility"])
         _init_logger(config, new_run_id())
         data = create_dataset(config)

@@ -1,6 +1,6 @@
 """Runs keep to themselves: every run writes its own checkpoint, log and result JSON, even when runs start
 in the same second (recbole_psrq/quick_start.py: the run id), and a run in a process leaves torch's thread
-count as it found it."""
+count and subnormal handling as it found them."""
 import json
 import logging
 import os
@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from recbole_psrq import quick_start
+from recbole_psrq.errors import ConfigError
 from tests.conftest import one_epoch
 
 # RecBole names files by the time to the second; freezing that clock makes "the same second" certain
@@ -84,6 +85,36 @@ def test_a_run_pins_torch_threads_for_itself_and_gives_the_process_its_setting_b
         assert during == [1, 3, 2, 1] and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_flush_denormal_flushes_subnormals_during_its_run_only(workdir, tiny_data_path, monkeypatch):
+    import torch
+
+    subnormal = torch.tensor([1e-39])  # below float32's smallest normal, 1.18e-38
+    create_dataset, seen = quick_start.create_dataset, []
+
+    def create_dataset_probing(config):
+        seen.append((subnormal * 1.0).item())
+        return create_dataset(config)
+
+    monkeypatch.setattr(quick_start, "create_dataset", create_dataset_probing)
+    flushed = quick_start.run("DIN", overrides=one_epoch(tiny_data_path, torch_threads=1, flush_denormal=True))
+    quick_start.run("DIN", overrides=one_epoch(tiny_data_path, torch_threads=1))
+    quick_start.evaluate_checkpoint(flushed["checkpoint"])  # at the run's setting
+    assert seen[0] == 0.0 and seen[1] > 0 and seen[2] == 0.0
+    assert (subnormal * 1.0).item() > 0  # the process computes subnormals again
+
+
+def test_flush_denormal_on_several_threads_is_refused_before_the_run(tiny_data_path):
+    import torch
+
+    before = torch.get_num_threads()
+    config = quick_start.build_config("DIN", overrides=one_epoch(tiny_data_path, torch_threads=2,
+                                                                   flush_denormal=True))
+    with pytest.raises(ConfigError, match="torch_threads: 1"):
+        with quick_start.torch_settings(config):
+            pytest.fail("the run started")
+    assert torch.get_num_threads() == before and (torch.tensor([1e-39]) * 1.0).item() > 0
 
 
 @pytest.mark.slow

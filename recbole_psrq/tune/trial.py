@@ -70,7 +70,7 @@ def train_and_validate(model, dataset=None, config_files=(), overrides=None, sho
     from recbole_psrq import quick_start
 
     config = quick_start.build_config(model, dataset, config_files, overrides)
-    with quick_start.torch_threads(config):
+    with quick_start.torch_settings(config):
         return _train_and_validate(config, should_stop)
 
 
