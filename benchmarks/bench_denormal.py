@@ -107,17 +107,14 @@ def state_case(args):
 
 
 def cpu_seconds_per_step(step, flush, steps):
-    import torch
+    from recbole_psrq.quick_start import torch_settings
 
-    torch.set_flush_denormal(flush)
-    try:
+    with torch_settings({"torch_threads": 1, "flush_denormal": flush}):  # as a run sets them
         step()  # warm-up
         start = time.process_time()
         for _ in range(steps):
             step()
         return (time.process_time() - start) / steps
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def measure(name, step, steps, repeats):
