@@ -139,6 +139,22 @@ def test_a_hit_count_difference_repeated_on_two_seeds_is_not_a_significant_resul
     assert "m = 1 comparisons" in md
 
 
+def test_a_row_with_one_seed_is_named_outside_the_holm_family(tmp_path):
+    # the MPD Table 2 while DIEN had one seed: its 5 metrics have no p-value, so the family holds the other
+    # rows' comparisons only, and the sentence must not count DIEN among the family's rows
+    t2 = [Experiment("T2", "DIN", "DIN"), Experiment("T2", "DeepFM", "DeepFM"), Experiment("T2", "DIEN", "DIEN")]
+    aucs = {"DIN": [0.70, 0.71, 0.69], "DeepFM": [0.72, 0.74, 0.715], "DIEN": [0.68]}
+    by_exp = {("converge", "T2", name): {s: {"test_result": {"auc": auc}, "wall_seconds": 1.0}
+                                         for s, auc in enumerate(values)} for name, values in aucs.items()}
+    rows = summarize(by_exp, t2, ["converge"], [0, 1, 2])
+    path = tmp_path / "results.md"
+    write_markdown(path, rows, "cmd", ENV, "mpd-5k-pop", [0, 1, 2], [])
+    md = path.read_text()
+    assert "| DIEN | auc | 1 | Δ -0.0200 [–, –] | p=– | p_Holm=– | not testable |" in md
+    assert ("Holm family of this table: m = 1 comparisons (every (row, metric) above with a p-value, "
+            "from 1 row(s); not testable on any metric: DIEN).") in md
+
+
 # --- summarize ----------------------------------------------------------------------------------------
 
 def _records(by_seed, logloss=None):

@@ -75,9 +75,13 @@ def _difference_table(table_rows, metrics, baseline_name):
         lines += _comparison_lines(r["name"], r, metrics)
     tested = [r for r in compared if not r["is_floor"]]
     m_family = sum(not np.isnan(s.p) for r in tested for s in r["metrics"].values())
+    # a row with no p-value at all (e.g. one seed: nothing to pair) is named, not counted among the family's rows
+    in_family = [r for r in tested if any(not np.isnan(s.p) for s in r["metrics"].values())]
+    untestable = [r["name"] for r in tested if r not in in_family]
     floors = [r["name"] for r in compared if r["is_floor"]]
-    lines += ["", f"Holm family of this table: m = {m_family} comparisons (every non-baseline row × every "
-              f"metric above with a p-value, {len(tested)} row(s)" +
+    lines += ["", f"Holm family of this table: m = {m_family} comparisons (every (row, metric) above with a "
+              f"p-value, from {len(in_family)} row(s)" +
+              (f"; not testable on any metric: {', '.join(untestable)}" if untestable else "") +
               (f"; floors excluded: {', '.join(floors)}" if floors else "") + ").", ""]
     return lines if compared else []
 
